@@ -1,0 +1,36 @@
+"""Let frames cross a lab bridge even when the host filters bridged traffic.
+
+With br_netfilter on (net.bridge.bridge-nf-call-iptables=1, common on
+Docker hosts), bridged frames go through the host's FORWARD chain, where
+Docker's isolation rules for internal networks drop every packet whose
+source or destination lies outside the bridge's own subnet. Routed lab
+traffic always has such an address (the client talks to the server's
+subnet across the client's link), so without this rule no packet would
+cross a router. DOCKER-USER is the chain Docker keeps for the operator's
+own rules. The rule matches only frames being bridged (physdev), and only
+on labctl's bridges, so nothing routed through the host is let through.
+
+Run by the engine in a short-lived helper on the host's network namespace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+RULE = ["-m", "physdev", "--physdev-is-bridged", "-i", "lcbr+", "-o", "lcbr+",
+        "-m", "comment", "--comment", "labctl: frames bridged within a lab link", "-j", "ACCEPT"]
+
+
+def ensure() -> dict:
+    done = []
+    for tool in ("iptables-nft", "iptables-legacy"):
+        listed = subprocess.run([tool, "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
+        if listed.returncode != 0:
+            continue  # this backend holds no Docker chains
+        present = subprocess.run([tool, "-w", "-C", "DOCKER-USER", *RULE], capture_output=True, text=True)
+        if present.returncode != 0:
+            subprocess.run([tool, "-w", "-I", "DOCKER-USER", "1", *RULE], check=True, capture_output=True, text=True)
+            done.append(f"{tool}: rule added")
+        else:
+            done.append(f"{tool}: rule present")
+    return {"ok": True, "actions": done, "docker_user_chain": bool(done)}

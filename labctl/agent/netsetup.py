@@ -1,0 +1,75 @@
+"""Shape a node's network after its container starts.
+
+The engine attaches one interface per link with the planned address; here
+we give each interface its link's name, turn off segmentation offloads and
+replace the engine's routes with the lab's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def ip_json(*argv: str) -> list[dict]:
+    return json.loads(run("ip", "-j", *argv).stdout or "[]")
+
+
+def apply(config: dict) -> dict:
+    actions: list[str] = []
+    by_address = {}
+    for link in ip_json("addr", "show"):
+        for addr in link.get("addr_info", []):
+            if addr.get("family") == "inet":
+                by_address[f"{addr['local']}/{addr['prefixlen']}"] = link["ifname"]
+    wanted = {i["address"]: i["name"] for i in config["interfaces"]}
+    missing = [a for a in wanted if a not in by_address]
+    if missing:
+        raise RuntimeError(f"no interface holds {', '.join(missing)}; have {sorted(by_address)}")
+    # Rename in two passes so a link called e.g. 'eth1' cannot collide with the engine's eth1.
+    renames = [(by_address[a], name) for a, name in wanted.items() if by_address[a] != name]
+    for k, (current, _) in enumerate(renames):
+        run("ip", "link", "set", "dev", current, "down")
+        run("ip", "link", "set", "dev", current, "name", f"lctmp{k}")
+    for k, (_, name) in enumerate(renames):
+        run("ip", "link", "set", "dev", f"lctmp{k}", "name", name)
+        actions.append(f"renamed interface to {name}")
+    for name in wanted.values():
+        run("ip", "link", "set", "dev", name, "up")
+        # Without this, captures show super-segments merged by GSO/GRO that never crossed a wire.
+        for feature in ("gso", "tso", "gro"):
+            run("ethtool", "-K", name, feature, "off", check=False)
+    # The engine's default route leads out of the lab: no lab packet may take it.
+    for route in ip_json("route", "show"):
+        if route.get("dst") == "default":
+            run("ip", "route", "del", "default")
+            actions.append("removed the engine's default route")
+    for route in config["routes"]:
+        run("ip", "route", "replace", route["to"], "via", route["via"], "dev", route["dev"])
+        actions.append(f"route {route['to']} via {route['via']} dev {route['dev']}")
+    return {"ok": True, "node": config["node"], "actions": actions}
+
+
+def inspect() -> dict:
+    interfaces = []
+    for link in ip_json("addr", "show"):
+        if link["ifname"] == "lo":
+            continue
+        interfaces.append({
+            "name": link["ifname"],
+            "state": link.get("operstate"),
+            "mac": link.get("address"),
+            "addresses": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"],
+        })
+    routes = [
+        {"to": r.get("dst"), "via": r.get("gateway"), "dev": r.get("dev"), "scope": r.get("scope")}
+        for r in ip_json("route", "show")
+    ]
+    return {"ok": True, "interfaces": interfaces, "routes": routes}

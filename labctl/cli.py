@@ -1,0 +1,201 @@
+"""The ``labctl`` command: argument parsing and printing over ``labctl.api``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__, api
+from .errors import UserError
+
+app = typer.Typer(help="Build Docker labs of clients, routers and servers; impair links; run TCP scenarios; collect evidence.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+image_app = typer.Typer(help="The node image every lab node runs.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+out = Console()
+err = Console(stderr=True)
+
+LAB_ARG = typer.Argument(..., help="A built-in lab's name, a lab directory, or a lab file.")
+PARAM_OPT = typer.Option([], "--param", "-p", help="KEY=VALUE rendered into the lab file (Jinja2). Repeatable.")
+
+
+@contextmanager
+def progress_shown(enabled: bool = True) -> Iterator:
+    """A spinner with the latest step; each step is also kept as a dim line on stderr."""
+    if not enabled or not err.is_terminal:
+        yield (lambda message: err.print(f"[dim]· {message}[/dim]", highlight=False)) if enabled else (lambda _: None)
+        return
+    with err.status("working") as status:
+        def show(message: str) -> None:
+            err.print(f"[dim]· {message}[/dim]", highlight=False)
+            status.update(message)
+        yield show
+
+
+@app.command()
+def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
+       offline: bool = typer.Option(False, help="Build the node image from the offline Debian bootstrap, never a registry."),
+       as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Bring a lab up, or bring a running lab in line with its file. Running it twice changes nothing."""
+    with progress_shown(not as_json) as progress:
+        result = api.up(lab, api.parse_params(param), offline=offline, progress=progress)
+    if as_json:
+        out.print_json(data={"lab": result.plan.lab, "image": result.image.tag, "created": result.report.created,
+                             "removed": result.report.removed, "kept": result.report.kept, "seconds": round(result.seconds, 3),
+                             "plan": result.plan.to_json()})
+        return
+    changed = "up" if result.report.created or result.report.removed else "already up, nothing changed"
+    out.print(f"[bold]{result.plan.lab}[/bold]: {changed} in {result.seconds:.1f} s "
+              f"(image {result.image.tag}, base {result.image.base_kind})")
+    _print_status(api.status(result.plan.lab))
+
+
+@app.command()
+def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
+         all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
+         param: List[str] = PARAM_OPT) -> None:
+    """Remove a lab's containers and networks, and nothing else."""
+    if (lab is None) == (not all_labs):
+        raise UserError("give a lab, or --all (not both)")
+    removed = api.down(None if all_labs else lab, params=api.parse_params(param))
+    out.print(f"removed {len(removed)} object(s)" + (": " + ", ".join(removed) if removed else ""))
+
+
+@app.command()
+def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that are up when omitted."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show nodes, their state, addresses per link and routes."""
+    states = api.status(lab)
+    if as_json:
+        out.print_json(data=[s.to_json() for s in states])
+        return
+    if not states:
+        out.print("no labs are up")
+    for state in states:
+        _print_status([state])
+
+
+def _print_status(states: list) -> None:
+    for state in states:
+        links = Table(title=f"lab {state.lab}: links", title_justify="left")
+        for column in ("link", "subnet", "bridge gateway", "network"):
+            links.add_column(column)
+        for link in state.links:
+            links.add_row(link["name"], link["subnet"], link["gateway"], link["network"])
+        out.print(links)
+        nodes = Table(title=f"lab {state.lab}: nodes", title_justify="left")
+        for column in ("node", "state", "interfaces", "routes"):
+            nodes.add_column(column)
+        for node in state.nodes:
+            interfaces = "\n".join(f"{i['name']} {' '.join(i['addresses'])}" for i in node.interfaces)
+            routes = "\n".join(f"{r['to']}" + (f" via {r['via']}" if r.get("via") else "") + f" dev {r['dev']}" for r in node.routes)
+            nodes.add_row(node.name, node.status, interfaces, routes)
+        out.print(nodes)
+
+
+@app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Argument(..., help="The node."),
+          command: List[str] = typer.Argument(..., help="The command, after --.")) -> None:
+    """Run a command in a node; its exit status becomes labctl's."""
+    def stream(chunk: bytes, is_err: bool) -> None:
+        target = sys.stderr.buffer if is_err else sys.stdout.buffer
+        target.write(chunk)
+        target.flush()
+
+    result = api.exec_in(lab, node, command, stream=stream)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def shell(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Argument(..., help="The node."),
+          command: str = typer.Option("bash", help="The shell to start.")) -> None:
+    """Open an interactive shell in a node."""
+    raise typer.Exit(api.shell(lab, node, [command]))
+
+
+@app.command()
+def labs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in labs (and those on $LABCTL_LABS_PATH)."""
+    found = api.labs()
+    if as_json:
+        out.print_json(data=[vars(l) for l in found])
+        return
+    table = Table()
+    table.add_column("lab")
+    table.add_column("description")
+    for info in found:
+        table.add_row(info.name, info.description)
+    out.print(table)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of lab files (for editors: yaml-language-server and friends)."""
+    sys.stdout.write(json.dumps(api.schema(), indent=2) + "\n")
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Check the engine, the image, and the kernel features labctl relies on (probed inside a node)."""
+    checks = api.doctor()
+    if as_json:
+        out.print_json(data=[vars(c) for c in checks])
+    else:
+        table = Table()
+        for column in ("check", "", "detail", "labctl uses instead"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, "[green]ok[/green]" if check.ok else "[yellow]no[/yellow]", check.detail, check.instead)
+        out.print(table)
+    if not checks[0].ok:
+        raise typer.Exit(2)
+
+
+@image_app.command("build")
+def image_build(offline: bool = typer.Option(False, help="Use the offline Debian bootstrap, never a registry."),
+                rebuild: bool = typer.Option(False, help="Build even if an image for this code exists.")) -> None:
+    """Build the node image (reused when the agent, Dockerfile and package list are unchanged)."""
+    with progress_shown() as progress:
+        info = api.build_image(offline=offline, rebuild=rebuild, progress=progress)
+    state = "built" if info.built else "up to date"
+    out.print(f"{info.tag}: {state} (base {info.base}, {info.base_kind})")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version.")) -> None:
+    if version:
+        out.print(f"labctl {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    try:
+        # Without standalone mode click returns the exit status instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,206 @@
+"""The node image: build context, content hash, and the offline base.
+
+The tag carries a hash of everything that goes into the image (Dockerfile,
+package list, agent code), so a changed agent rebuilds by itself and an
+unchanged one is reused. When no Debian base can be found or pulled, the
+base is bootstrapped offline: debootstrap on the host into a folder (OS
+packages come in here, from the host's Debian mirror), then imported. The
+image build itself then needs no network inside containers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker
+import docker.errors
+
+from ..errors import EngineError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DOCKER_DIR = ROOT / "docker"
+AGENT_DIR = ROOT / "labctl" / "agent"
+NODE_REPO = "labctl-node"
+BASE_REPO = "labctl-base"
+REGISTRY_BASE = "debian:bookworm-slim"
+SUITE = "bookworm"
+
+Progress = Callable[[str], None]
+PER_PACKAGE = re.compile(r"^(Retrieving|Validating|Extracting|Unpacking|Configuring) \S+( \S+)?$")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    tag: str
+    base: str
+    base_kind: str  # "local", "pulled", "offline-bootstrap", "explicit"
+    built: bool
+
+
+def packages() -> list[str]:
+    lines = (DOCKER_DIR / "packages.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def context_files() -> dict[str, bytes]:
+    """Files of the build context by their path in it."""
+    files = {
+        "Dockerfile": (DOCKER_DIR / "Dockerfile").read_bytes(),
+        "packages.txt": (DOCKER_DIR / "packages.txt").read_bytes(),
+        "labctl/__init__.py": (ROOT / "labctl" / "__init__.py").read_bytes(),
+    }
+    for path in sorted(AGENT_DIR.rglob("*.py")):
+        files[f"labctl/agent/{path.relative_to(AGENT_DIR).as_posix()}"] = path.read_bytes()
+    return files
+
+
+def content_hash(files: dict[str, bytes], base: str = "") -> str:
+    digest = hashlib.sha256(base.encode())
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()[:12]
+
+
+def context_tar(files: dict[str, bytes]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(files[name]))
+    buffer.seek(0)
+    return buffer
+
+
+def expected_tag() -> str:
+    """The node image tag for the code in this checkout (base-independent: the base is a build arg)."""
+    return f"{NODE_REPO}:{content_hash(context_files())}"
+
+
+def _has_image(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def offline_base_tag() -> str:
+    return f"{BASE_REPO}:{SUITE}-{hashlib.sha256(' '.join(packages()).encode()).hexdigest()[:12]}"
+
+
+def choose_base(client: docker.DockerClient, offline: bool, progress: Progress) -> tuple[str, str]:
+    """Return (base reference, how it was obtained). Normal base first, offline bootstrap last."""
+    if explicit := os.environ.get("LABCTL_BASE_IMAGE"):
+        return explicit, "explicit"
+    if not offline:
+        if _has_image(client, REGISTRY_BASE):
+            return REGISTRY_BASE, "local"
+        progress(f"pulling {REGISTRY_BASE}")
+        try:
+            repo, tag = REGISTRY_BASE.split(":")
+            client.images.pull(repo, tag=tag)
+            return REGISTRY_BASE, "pulled"
+        except docker.errors.APIError as exc:
+            progress(f"cannot pull {REGISTRY_BASE} ({_short(exc)}); using the offline bootstrap")
+    tag = offline_base_tag()
+    if _has_image(client, tag):
+        return tag, "offline-bootstrap"
+    bootstrap_base(client, tag, progress)
+    return tag, "offline-bootstrap"
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "explanation", None) or exc)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def debian_mirror() -> str:
+    """The host's own Debian mirror: the one place this machine is known to reach."""
+    if mirror := os.environ.get("LABCTL_DEBIAN_MIRROR"):
+        return mirror
+    for source in [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]:
+        if source.is_file():
+            text = source.read_text()
+            for pattern in (r"^URIs:\s*(\S+/debian)/?\s*$", r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s+"):
+                match = re.search(pattern, text, re.MULTILINE)
+                if match:
+                    return match.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def bootstrap_base(client: docker.DockerClient, tag: str, progress: Progress) -> None:
+    debootstrap = shutil.which("debootstrap")
+    if debootstrap is None:
+        raise EngineError("no Debian base image and no debootstrap to make one offline",
+                          hint="install it (apt-get install debootstrap), or load a Debian image with `docker load`")
+    if os.geteuid() != 0:
+        raise EngineError("the offline bootstrap needs root (debootstrap makes device nodes and chroots)",
+                          hint="run `sudo labctl image build --offline` once")
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="labctl-bootstrap-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        progress(f"debootstrap {SUITE} from {mirror} (OS packages come in here, on the host)")
+        cmd = [debootstrap, "--variant=minbase", f"--include={','.join(packages())}", SUITE, str(rootfs), mirror]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-15:]
+            # Forward the phases, not one line per package.
+            if line.startswith("I: ") and not PER_PACKAGE.match(line[3:].strip()):
+                progress(line[3:].strip())
+        if proc.wait() != 0:
+            raise EngineError(f"debootstrap failed (exit {proc.returncode}):\n" + "\n".join(tail),
+                              hint="check that the host reaches its Debian mirror, or set LABCTL_DEBIAN_MIRROR")
+        # Keep the image small: package lists and caches are not needed in nodes.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        progress(f"importing the bootstrapped root as {tag}")
+        tar_path = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tar_path), "."], check=True)
+        repo, version = tag.split(":")
+        with open(tar_path, "rb") as fh:
+            client.api.import_image_from_data(fh, repository=repo, tag=version,
+                                              changes=['CMD ["sleep", "infinity"]', "ENV LANG=C.UTF-8"])
+    if not _has_image(client, tag):
+        raise EngineError(f"importing {tag} did not produce an image")
+
+
+def ensure_node_image(client: docker.DockerClient, *, offline: bool = False, rebuild: bool = False,
+                      progress: Progress = _quiet) -> ImageInfo:
+    files = context_files()
+    tag = f"{NODE_REPO}:{content_hash(files)}"
+    if not rebuild and _has_image(client, tag):
+        image = client.images.get(tag)
+        labels = image.labels or {}
+        return ImageInfo(tag, labels.get("org.labctl.base", "?"), labels.get("org.labctl.base-kind", "?"), built=False)
+    base, kind = choose_base(client, offline, progress)
+    progress(f"building {tag} on {base} ({kind})")
+    try:
+        for chunk in client.api.build(fileobj=context_tar(files), custom_context=True, tag=tag, rm=True, forcerm=True,
+                                      buildargs={"BASE": base}, decode=True,
+                                      labels={"org.labctl.owner": "labctl", "org.labctl.base": base, "org.labctl.base-kind": kind}):
+            if "error" in chunk:
+                raise EngineError(f"image build failed: {chunk['error'].strip()}")
+            if line := chunk.get("stream", "").strip():
+                if line.startswith("Step "):
+                    progress(line)
+    except docker.errors.APIError as exc:
+        raise EngineError(f"image build failed: {_short(exc)}") from None
+    return ImageInfo(tag, base, kind, built=True)

@@ -1,0 +1,400 @@
+"""Lab files -> the lab model, with every error pointing at file, line and field.
+
+Order of work: find the file, render it through sandboxed Jinja2 with the
+user's parameters, parse YAML keeping each value's line, validate against the
+model, then check what the schema cannot say (names that must exist,
+addresses inside their subnet, every host reachable). Nothing is created
+until all of this has passed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from pathlib import Path
+from typing import Any, Mapping, Union, get_args, get_origin
+
+import jinja2
+import jinja2.sandbox
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import LabFileError, LabNotFound, Location
+from .model import Lab
+
+LAB_FILE = "lab.yaml"
+BUILTIN_LABS = Path(__file__).resolve().parent.parent / "labs"
+
+FieldPath = tuple[Union[str, int], ...]
+
+
+def lab_search_path() -> list[Path]:
+    """Directories holding labs by name: $LABCTL_LABS_PATH entries, then the built-in ones."""
+    extra = [Path(p) for p in os.environ.get("LABCTL_LABS_PATH", "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_LABS]
+
+
+def available_labs() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in lab_search_path():
+        if root.is_dir():
+            for child in sorted(root.iterdir()):
+                if (child / LAB_FILE).is_file():
+                    found.setdefault(child.name, child / LAB_FILE)
+    return found
+
+
+def resolve_lab_file(ref: str | Path) -> Path:
+    """A lab reference is a directory, a file, or the name of a built-in lab."""
+    path = Path(ref)
+    if path.is_dir() and (path / LAB_FILE).is_file():
+        return path / LAB_FILE
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise LabNotFound(f"{path} is a directory without a {LAB_FILE}")
+    labs = available_labs()
+    if str(ref) in labs:
+        return labs[str(ref)]
+    names = ", ".join(labs) or "none"
+    raise LabNotFound(f"no lab named '{ref}' and no such file or directory", hint=f"built-in labs: {names}; or give a path to a lab directory")
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """Line numbers of every value in a parsed YAML document, by field path."""
+
+    file: Path | None
+    lines: Mapping[FieldPath, int] = field(default_factory=dict)
+
+    def locate(self, path: FieldPath) -> Location:
+        # Fall back to the nearest enclosing value that has a line.
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return Location(self.file, self.lines[path[:end]], _dotted(path) or None)
+        return Location(self.file, None, _dotted(path) or None)
+
+
+def _dotted(path: FieldPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass(frozen=True)
+class LoadedLab:
+    """A validated lab and where each of its values came from."""
+
+    lab: Lab
+    source: SourceMap
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path | None:
+        return self.source.file
+
+    def error(self, path: FieldPath, message: str, hint: str | None = None) -> LabFileError:
+        return LabFileError(message, location=self.source.locate(path), hint=hint)
+
+
+def load_lab(ref: str | Path, params: Mapping[str, str] | None = None) -> LoadedLab:
+    path = resolve_lab_file(ref)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LabNotFound(f"cannot read {path}: {exc.strerror}") from exc
+    return load_lab_text(text, path, params or {})
+
+
+def load_lab_text(text: str, path: Path | None = None, params: Mapping[str, str] | None = None) -> LoadedLab:
+    params = dict(params or {})
+    rendered = render_template(text, path, params)
+    data, source = parse_yaml(rendered, path)
+    lab = validate_model(Lab, data, source)
+    loaded = LoadedLab(lab, source, params)
+    check_lab(loaded)
+    return loaded
+
+
+# --- Jinja2 ------------------------------------------------------------------
+
+def render_template(text: str, path: Path | None, params: Mapping[str, Any]) -> str:
+    """Render parameters into a file. Sandboxed: a lab file is code from someone else."""
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    try:
+        return env.from_string(text).render(**params)
+    except jinja2.TemplateSyntaxError as exc:
+        raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
+    except jinja2.UndefinedError as exc:
+        raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path),
+                           hint="give it with -p NAME=VALUE, or use a default: {{ name | default('x') }}") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise LabFileError(f"template not allowed: {exc}", location=Location(path)) from None
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+def parse_yaml(text: str, path: Path | None) -> tuple[Any, SourceMap]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise LabFileError(f"YAML syntax error: {problem}", location=Location(path, mark.line + 1 if mark else None)) from None
+    if root is None:
+        raise LabFileError("the file is empty", location=Location(path, 1))
+    lines: dict[FieldPath, int] = {}
+    data = _to_python(root, (), lines, path)
+    return data, SourceMap(path, lines)
+
+
+def _to_python(node: yaml.Node, here: FieldPath, lines: dict[FieldPath, int], path: Path | None) -> Any:
+    lines[here] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.SafeLoader(" ").construct_object(key_node) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
+            if not isinstance(key, (str, int)):
+                raise LabFileError("a key must be a plain word", location=Location(path, key_node.start_mark.line + 1, _dotted(here) or None))
+            key = str(key)
+            if key in result:
+                # PyYAML silently keeps the last of two equal keys; a lab author never means that.
+                raise LabFileError(f"duplicate key '{key}'", location=Location(path, key_node.start_mark.line + 1, _dotted((*here, key))))
+            result[key] = _to_python(value_node, (*here, key), lines, path)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*here, i), lines, path) for i, item in enumerate(node.value)]
+    return yaml.SafeLoader(" ").construct_object(node)
+
+
+# --- schema validation -----------------------------------------------------
+
+def validate_model(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(model, err, source) for err in exc.errors()]
+        problems.sort(key=lambda p: (p[0].line or 0))
+        location, message, hint = problems[0]
+        if len(problems) > 1:
+            hint = (hint + "; " if hint else "") + f"{len(problems) - 1} more problem(s) after this one"
+        raise LabFileError(message, location=location, hint=hint) from None
+
+
+def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap) -> tuple[Location, str, str | None]:
+    loc = _data_path(err["loc"], err["type"], source)
+    kind = err["type"]
+    hint = None
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        message = f"unknown key '{loc[-1]}'"
+        hint = f"allowed here: {', '.join(allowed)}" if allowed else None
+    elif kind == "missing":
+        message = f"required key '{loc[-1]}' is missing"
+    elif kind == "string_pattern_mismatch":
+        message = f"{err['input']!r} is not allowed: {_field_description(model, loc) or 'wrong form'}"
+    elif kind in ("literal_error", "enum"):
+        message = f"{err['input']!r} is not allowed; expected {err['ctx']['expected']}"
+    elif kind.endswith("_type") or kind.startswith("ip_"):
+        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {type(err['input']).__name__} {err['input']!r}"
+    else:
+        message = err["msg"][0].lower() + err["msg"][1:]
+    return source.locate(loc), message, hint
+
+
+def _data_path(loc: tuple[Any, ...], kind: str, source: SourceMap) -> FieldPath:
+    # Pydantic adds tags for unions and validators (e.g. 'str', 'int') that are not
+    # steps in the data: keep the steps the document really has.
+    path: FieldPath = ()
+    for part in loc:
+        if (*path, part) not in source.lines:
+            break
+        path = (*path, part)
+    if kind == "missing" and loc:
+        path = (*path, loc[-1])
+    return path
+
+
+def _model_at(model: type[BaseModel], path: FieldPath) -> type[BaseModel] | None:
+    current: Any = model
+    for part in path:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return None
+            current = info.annotation
+        elif get_origin(current) in (dict, list):
+            current = get_args(current)[-1]
+        else:
+            return None
+        current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        args = get_args(annotation)
+        origin = get_origin(annotation)
+        if origin is Union or (origin is not None and str(origin) == "types.UnionType") or type(annotation).__name__ == "UnionType":
+            non_none = [a for a in args if a is not type(None)]
+            annotation = non_none[0] if len(non_none) == 1 else annotation
+            if len(non_none) != 1:
+                return annotation
+        elif getattr(annotation, "__metadata__", None) is not None:
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _allowed_keys(model: type[BaseModel], path: FieldPath) -> list[str]:
+    target = _model_at(model, path)
+    return list(target.model_fields) if target else []
+
+
+def _field_description(model: type[BaseModel], path: FieldPath) -> str | None:
+    parent = _model_at(model, path[:-1])
+    if parent and isinstance(path[-1], str) and path[-1] in parent.model_fields:
+        info = parent.model_fields[path[-1]]
+        if info.description:
+            return info.description
+        for meta in getattr(info.annotation, "__metadata__", ()) or ():
+            if getattr(meta, "description", None):
+                return meta.description
+    # Keys of a dict (node names) and list items (endpoints) carry the description on their type.
+    descriptions = {"nodes": "a node name: lowercase letters, digits and '-', starting with a letter",
+                    "endpoints": "a node name: lowercase letters, digits and '-', starting with a letter",
+                    "addresses": "a node name", "sysctls": "a network sysctl (net.*): only these are per node"}
+    for part in reversed(path):
+        if isinstance(part, str) and part in descriptions:
+            return descriptions[part]
+    return None
+
+
+# --- meaning -----------------------------------------------------------------
+
+def check_lab(loaded: LoadedLab) -> None:
+    """Rules the schema cannot express. Raises the first problem found, in file order."""
+    lab = loaded.lab
+    seen_links: dict[str, int] = {}
+    attached: set[str] = set()
+    for i, link in enumerate(lab.links):
+        if link.name == "lo":
+            raise loaded.error(("links", i, "name"), "'lo' is the loopback interface's name; choose another link name")
+        if link.name in seen_links:
+            raise loaded.error(("links", i, "name"), f"duplicate link name '{link.name}'", hint=f"link {seen_links[link.name]} has the same name")
+        seen_links[link.name] = i
+        seen_ends: set[str] = set()
+        for j, end in enumerate(link.endpoints):
+            if end not in lab.nodes:
+                raise loaded.error(("links", i, "endpoints", j), f"unknown node '{end}'", hint=f"nodes are: {', '.join(lab.nodes)}")
+            if end in seen_ends:
+                raise loaded.error(("links", i, "endpoints", j), f"node '{end}' is listed twice on link '{link.name}'")
+            seen_ends.add(end)
+        attached |= seen_ends
+        for node, address in link.addresses.items():
+            where = ("links", i, "addresses", node)
+            if node not in link.endpoints:
+                raise loaded.error(where, f"'{node}' is not an endpoint of link '{link.name}'", hint=f"endpoints: {', '.join(link.endpoints)}")
+            if link.subnet is None:
+                raise loaded.error(where, "a fixed address needs the link's subnet", hint="add subnet: to this link")
+            _check_address(loaded, where, link.subnet, address)
+        if len(set(link.addresses.values())) != len(link.addresses):
+            taken: dict[IPv4Address, str] = {}
+            for node, address in link.addresses.items():
+                if address in taken:
+                    raise loaded.error(("links", i, "addresses", node), f"address {address} is already given to '{taken[address]}'")
+                taken[address] = node
+        if link.subnet is not None:
+            usable = link.subnet.num_addresses - 2
+            # One address of every subnet goes to the engine's bridge gateway.
+            if usable - 1 < len(link.endpoints):
+                raise loaded.error(("links", i, "subnet"), f"subnet {link.subnet} is too small for {len(link.endpoints)} endpoints",
+                                   hint="it needs one address per endpoint plus one for the bridge; /29 or larger")
+    for name in lab.nodes:
+        if name not in attached:
+            raise loaded.error(("nodes", name), f"node '{name}' is on no link", hint="add it to a link's endpoints, or remove it")
+    explicit = [(i, link.subnet) for i, link in enumerate(lab.links) if link.subnet is not None]
+    for a, (i, net_i) in enumerate(explicit):
+        for j, net_j in explicit[a + 1:]:
+            if net_i.overlaps(net_j):
+                raise loaded.error(("links", j, "subnet"), f"subnet {net_j} overlaps {net_i} of link '{lab.links[i].name}'")
+    for name, node in lab.nodes.items():
+        for k, route in enumerate(node.routes or []):
+            _check_route(loaded, name, k, route.to, route.via)
+    _check_reachability(loaded)
+
+
+def _check_address(loaded: LoadedLab, where: FieldPath, subnet: IPv4Network, address: IPv4Address) -> None:
+    if address not in subnet:
+        raise loaded.error(where, f"address {address} is outside the link's subnet {subnet}")
+    if address in (subnet.network_address, subnet.broadcast_address):
+        raise loaded.error(where, f"address {address} is the network or broadcast address of {subnet}")
+    if address == gateway_address(subnet):
+        raise loaded.error(where, f"address {address} is reserved for the bridge gateway of {subnet}", hint="labctl gives the last usable address to the bridge")
+
+
+def gateway_address(subnet: IPv4Network) -> IPv4Address:
+    """The address the engine's bridge takes: the last usable one, so nodes can be numbered from .1."""
+    return subnet.broadcast_address - 1
+
+
+def _check_route(loaded: LoadedLab, name: str, k: int, to: str, via: str) -> None:
+    lab = loaded.lab
+    if to != "default":
+        try:
+            ip_network(to, strict=True)
+        except ValueError:
+            raise loaded.error(("nodes", name, "routes", k, "to"), f"'{to}' is not 'default' or a network like 10.250.2.0/24") from None
+    if via in lab.nodes:
+        if not any(name in link.endpoints and via in link.endpoints for link in lab.links) or via == name:
+            raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' shares no link with '{name}'")
+        return
+    try:
+        IPv4Address(via)
+    except ValueError:
+        raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' is neither a node nor an IPv4 address", hint=f"nodes are: {', '.join(lab.nodes)}") from None
+
+
+def neighbours(lab: Lab) -> dict[str, list[str]]:
+    adjacent: dict[str, list[str]] = {name: [] for name in lab.nodes}
+    for link in lab.links:
+        for a in link.endpoints:
+            for b in link.endpoints:
+                if a != b and b not in adjacent[a]:
+                    adjacent[a].append(b)
+    return adjacent
+
+
+def forwarding_paths(lab: Lab, start: str) -> dict[str, list[str]]:
+    """Shortest paths from ``start`` to every node it can reach, transiting only routers.
+
+    Ties break by the order nodes appear in links, so the result is stable.
+    """
+    adjacent = neighbours(lab)
+    paths = {start: [start]}
+    queue = deque([start])
+    while queue:
+        here = queue.popleft()
+        if here != start and lab.nodes[here].role != "router":
+            continue  # hosts do not forward
+        for nxt in adjacent[here]:
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                queue.append(nxt)
+    return paths
+
+
+def _check_reachability(loaded: LoadedLab) -> None:
+    lab = loaded.lab
+    if any(node.routes is not None for node in lab.nodes.values()):
+        return  # hand-written routes: the author takes charge of reachability
+    hosts = lab.hosts()
+    for a in hosts:
+        reach = forwarding_paths(lab, a)
+        for b in hosts:
+            if b not in reach:
+                raise loaded.error(("nodes", a), f"host '{a}' cannot reach host '{b}': no path through routers",
+                                   hint="connect them through a node with role: router")

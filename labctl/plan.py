@@ -1,0 +1,245 @@
+"""Lab model -> a plan: every subnet, address, route and name a lab needs.
+
+Pure: the only outside fact it takes is the set of subnets already in use
+(so allocation skips them). The same lab and the same subnets in use give
+the same plan, which is what makes ``up`` idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Mapping
+
+from .loader import LoadedLab, forwarding_paths, gateway_address
+from .model import Lab
+
+DEFAULT_POOL = IPv4Network("10.250.0.0/16")
+POOL_PREFIX = 24
+OWNER = "labctl"
+
+# Labels on every engine object: the engine's own record of what belongs to which lab.
+LABEL_OWNER = "org.labctl.owner"
+LABEL_LAB = "org.labctl.lab"
+LABEL_NODE = "org.labctl.node"
+LABEL_LINK = "org.labctl.link"
+LABEL_SPEC = "org.labctl.spec"
+LABEL_SOURCE = "org.labctl.source"
+
+
+@dataclass(frozen=True)
+class Interface:
+    link: str
+    name: str  # interface name inside the node: the link's name
+    address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    to: str  # "default" or CIDR
+    via: IPv4Address
+    dev: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    role: str
+    image: str | None
+    container: str
+    interfaces: tuple[Interface, ...]
+    routes: tuple[RoutePlan, ...]
+    hosts: tuple[tuple[str, IPv4Address], ...]  # name -> address, as /etc/hosts will say
+    sysctls: tuple[tuple[str, str], ...]
+
+    def setup(self) -> dict:
+        """What the in-node agent applies after start (JSON-ready)."""
+        return {
+            "node": self.name,
+            "role": self.role,
+            "interfaces": [{"name": i.name, "address": str(i.address)} for i in self.interfaces],
+            "routes": [{"to": r.to, "via": str(r.via), "dev": r.dev} for r in self.routes],
+            "sysctls": dict(self.sysctls),
+        }
+
+    def spec_hash(self, image: str) -> str:
+        """Changes whenever anything that shapes this node's container changes."""
+        blob = json.dumps({"setup": self.setup(), "hosts": [(n, str(a)) for n, a in self.hosts], "image": self.image or image}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    name: str
+    network: str  # engine network name
+    subnet: IPv4Network
+    gateway: IPv4Address
+    endpoints: tuple[str, ...]
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(f"{self.subnet}|{self.gateway}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    lab: str
+    source: str
+    links: tuple[LinkPlan, ...]
+    nodes: tuple[NodePlan, ...]
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def node(self, name: str) -> NodePlan:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def link(self, name: str) -> LinkPlan:
+        for link in self.links:
+            if link.name == name:
+                return link
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def object_name(lab: str, part: str) -> str:
+    return f"labctl-{lab}-{part}"
+
+
+def subnet_pool(lab: Lab) -> IPv4Network:
+    if lab.subnet_pool is not None:
+        return lab.subnet_pool
+    return IPv4Network(os.environ.get("LABCTL_SUBNET_POOL", str(DEFAULT_POOL)))
+
+
+def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None) -> LabPlan:
+    """``in_use`` maps subnets other engine networks hold to their names (this lab's own excluded)."""
+    lab = loaded.lab
+    in_use = dict(in_use or {})
+    subnets = _assign_subnets(loaded, in_use)
+    addresses = _assign_addresses(lab, subnets)
+    links = tuple(
+        LinkPlan(link.name, object_name(lab.name, link.name), subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
+        for link in lab.links
+    )
+    nodes = tuple(_plan_node(lab, name, subnets, addresses) for name in lab.nodes)
+    return LabPlan(lab.name, str(loaded.path or ""), links, nodes, dict(loaded.params))
+
+
+def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str]) -> dict[str, IPv4Network]:
+    lab = loaded.lab
+    taken = dict(in_use)
+    subnets: dict[str, IPv4Network] = {}
+    for i, link in enumerate(lab.links):
+        if link.subnet is None:
+            continue
+        for other, owner in in_use.items():
+            if link.subnet.overlaps(other):
+                raise loaded.error(("links", i, "subnet"), f"subnet {link.subnet} overlaps {other} of the existing network '{owner}'",
+                                   hint="choose another subnet, or remove it to allocate one from the pool")
+        subnets[link.name] = link.subnet
+        taken[link.subnet] = f"link {link.name}"
+    pool = subnet_pool(lab)
+    candidates = pool.subnets(new_prefix=POOL_PREFIX) if pool.prefixlen <= POOL_PREFIX else iter([pool])
+    for i, link in enumerate(lab.links):
+        if link.subnet is not None:
+            continue
+        for candidate in candidates:
+            if not any(candidate.overlaps(t) for t in taken):
+                subnets[link.name] = candidate
+                taken[candidate] = f"link {link.name}"
+                break
+        else:
+            raise loaded.error(("links", i), f"no free /{POOL_PREFIX} left in the subnet pool {pool}",
+                               hint="set subnet_pool: in the lab or LABCTL_SUBNET_POOL, or take labs down")
+    return subnets
+
+
+def _assign_addresses(lab: Lab, subnets: Mapping[str, IPv4Network]) -> dict[tuple[str, str], IPv4Interface]:
+    """(link, node) -> address. Fixed ones first; the rest numbered from .1 in endpoint order."""
+    result: dict[tuple[str, str], IPv4Interface] = {}
+    for link in lab.links:
+        subnet = subnets[link.name]
+        used = set(link.addresses.values()) | {gateway_address(subnet)}
+        free = (a for a in subnet.hosts() if a not in used)
+        for node in link.endpoints:
+            address = link.addresses.get(node) or next(free)
+            result[(link.name, node)] = IPv4Interface(f"{address}/{subnet.prefixlen}")
+    return result
+
+
+def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresses: Mapping[tuple[str, str], IPv4Interface]) -> NodePlan:
+    node = lab.nodes[name]
+    interfaces = tuple(Interface(link.name, link.name, addresses[(link.name, name)]) for link in lab.links if name in link.endpoints)
+    paths = forwarding_paths(lab, name)
+    if node.routes is not None:
+        routes = tuple(_explicit_route(lab, name, r.to, r.via, subnets, addresses) for r in node.routes)
+    else:
+        routes = _computed_routes(lab, name, paths, subnets, addresses)
+    hosts = tuple((other, _address_toward(lab, name, other, paths, addresses)) for other in lab.nodes if other != name)
+    # Lab links carry IPv4 only; IPv6 would fill captures with router solicitations and MLD.
+    sysctls: dict[str, object] = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+    sysctls.update(node.sysctls)
+    if node.role == "router":
+        # Routers forward, and asymmetric paths must not be dropped by reverse-path filtering.
+        sysctls = {**sysctls, "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0", **node.sysctls}
+    return NodePlan(
+        name=name, role=node.role, image=node.image, container=object_name(lab.name, name), interfaces=interfaces,
+        routes=routes, hosts=hosts, sysctls=tuple((k, str(v)) for k, v in sorted(sysctls.items())),
+    )
+
+
+def _shared_link(lab: Lab, a: str, b: str) -> str:
+    for link in lab.links:
+        if a in link.endpoints and b in link.endpoints:
+            return link.name
+    raise KeyError((a, b))
+
+
+def _computed_routes(lab, name, paths, subnets, addresses) -> tuple[RoutePlan, ...]:
+    """A route to every subnet not directly attached, via the first router on a shortest path."""
+    attached = {link.name for link in lab.links if name in link.endpoints}
+    routes = []
+    for link in lab.links:
+        if link.name in attached:
+            continue
+        # Only a router on that link can deliver onto it: take the nearest one
+        # (paths already transit routers only; ties keep endpoint order).
+        best: list[str] | None = None
+        for end in link.endpoints:
+            path = paths.get(end)
+            if lab.nodes[end].role == "router" and path is not None and (best is None or len(path) < len(best)):
+                best = path
+        if best is None:
+            continue
+        hop = best[1]
+        via_link = _shared_link(lab, name, hop)
+        routes.append(RoutePlan(str(subnets[link.name]), addresses[(via_link, hop)].ip, via_link))
+    return tuple(routes)
+
+
+def _explicit_route(lab, name, to, via, subnets, addresses) -> RoutePlan:
+    if via in lab.nodes:
+        link = _shared_link(lab, name, via)
+        return RoutePlan(to, addresses[(link, via)].ip, link)
+    via_ip = IPv4Address(via)
+    for link in lab.links:
+        if name in link.endpoints and via_ip in subnets[link.name]:
+            return RoutePlan(to, via_ip, link.name)
+    # The loader checked the form; on-link reachability is the kernel's to judge.
+    first = next(link.name for link in lab.links if name in link.endpoints)
+    return RoutePlan(to, via_ip, first)
+
+
+def _address_toward(lab, name, other, paths, addresses) -> IPv4Address:
+    """The address of ``other`` on the link a packet from ``name`` arrives by."""
+    path = paths.get(other)
+    if path is not None and len(path) >= 2:
+        return addresses[(_shared_link(lab, path[-2], other), other)].ip
+    first = next(link.name for link in lab.links if other in link.endpoints)
+    return addresses[(first, other)].ip
