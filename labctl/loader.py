@@ -129,10 +129,22 @@ def render_template(text: str, path: Path | None, params: Mapping[str, Any]) -> 
     except jinja2.TemplateSyntaxError as exc:
         raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
     except jinja2.UndefinedError as exc:
-        raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path),
+        raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path, _template_line(exc)),
                            hint="give it with -p NAME=VALUE, or use a default: {{ name | default('x') }}") from None
     except jinja2.exceptions.SecurityError as exc:
-        raise LabFileError(f"template not allowed: {exc}", location=Location(path)) from None
+        raise LabFileError(f"template not allowed: {exc}", location=Location(path, _template_line(exc))) from None
+
+
+def _template_line(exc: BaseException) -> int | None:
+    # Render errors carry no line; Jinja2 rewrites the traceback so the
+    # template's own frames (named '<template>') hold its line numbers.
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 # --- YAML with line numbers -------------------------------------------------
@@ -164,6 +176,8 @@ def _to_python(node: yaml.Node, here: FieldPath, lines: dict[FieldPath, int], pa
                 # PyYAML silently keeps the last of two equal keys; a lab author never means that.
                 raise LabFileError(f"duplicate key '{key}'", location=Location(path, key_node.start_mark.line + 1, _dotted((*here, key))))
             result[key] = _to_python(value_node, (*here, key), lines, path)
+            # A block value starts on the line after its key; point at the key the author wrote.
+            lines[(*here, key)] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*here, i), lines, path) for i, item in enumerate(node.value)]

@@ -63,11 +63,20 @@ class NodePlan:
             "interfaces": [{"name": i.name, "address": str(i.address)} for i in self.interfaces],
             "routes": [{"to": r.to, "via": str(r.via), "dev": r.dev} for r in self.routes],
             "sysctls": dict(self.sysctls),
+            "hosts": self.hosts_map(),
         }
 
+    def hosts_map(self) -> dict[str, str]:
+        return {name: str(address) for name, address in self.hosts}
+
     def spec_hash(self, image: str) -> str:
-        """Changes whenever anything that shapes this node's container changes."""
-        blob = json.dumps({"setup": self.setup(), "hosts": [(n, str(a)) for n, a in self.hosts], "image": self.image or image}, sort_keys=True)
+        """Changes whenever something that needs a new container changes.
+
+        Name entries are left out: they are rewritten in running nodes, so adding
+        a node to a lab does not recreate all the others.
+        """
+        setup = {k: v for k, v in self.setup().items() if k != "hosts"}
+        blob = json.dumps({"setup": setup, "image": self.image or image}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -54,7 +54,28 @@ def apply(config: dict) -> dict:
     for route in config["routes"]:
         run("ip", "route", "replace", route["to"], "via", route["via"], "dev", route["dev"])
         actions.append(f"route {route['to']} via {route['via']} dev {route['dev']}")
+    write_hosts(config.get("hosts", {}))
     return {"ok": True, "node": config["node"], "actions": actions}
+
+
+HOSTS_FILE = "/etc/hosts"
+BEGIN, END = "# labctl: lab nodes (begin)", "# labctl: lab nodes (end)"
+
+
+def write_hosts(hosts: dict) -> dict:
+    """Every other node by name, at its address on the path from this node.
+
+    A block of our own in /etc/hosts, rewritten in place when the lab changes
+    (the engine bind-mounts this file, so it cannot be replaced, only rewritten).
+    """
+    with open(HOSTS_FILE) as fh:
+        lines = fh.read().splitlines()
+    if BEGIN in lines and END in lines:
+        lines = lines[:lines.index(BEGIN)] + lines[lines.index(END) + 1:]
+    block = [BEGIN, *(f"{address}\t{name}" for name, address in hosts.items()), END]
+    with open(HOSTS_FILE, "w") as fh:
+        fh.write("\n".join(lines + block) + "\n")
+    return {"ok": True, "hosts": len(hosts)}
 
 
 def inspect() -> dict:

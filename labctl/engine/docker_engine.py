@@ -173,10 +173,14 @@ class DockerEngine(Engine):
             report.created.append(link.network)
 
         todo = [node for node in plan.nodes if node.name not in containers or node.name in stale_containers]
-        report.kept.extend(wanted_nodes[n].container for n in containers if n in wanted_nodes and n not in stale_containers)
+        kept = [wanted_nodes[n] for n in containers if n in wanted_nodes and n not in stale_containers]
+        report.kept.extend(node.container for node in kept)
         if todo:
             self._create_nodes(plan, todo, image, progress, remember)
             report.created.extend(node.container for node in todo)
+        if report.changed and kept:
+            # Nodes that stay learn the names of the new ones.
+            self._refresh_hosts(plan.lab, kept)
 
     def _allow_bridged_frames(self, image: str, progress: Progress) -> None:
         """See labctl/agent/hostfw.py: without this, br_netfilter hosts drop routed lab traffic."""
@@ -223,7 +227,7 @@ class DockerEngine(Engine):
                   LABEL_SOURCE: plan.source, LABEL_ROLE: node.role}
         host_config = self.api.create_host_config(
             cap_add=CAPABILITIES, init=True, network_mode=plan.link(first.link).network,
-            sysctls=dict(node.sysctls), extra_hosts={name: str(addr) for name, addr in node.hosts},
+            sysctls=dict(node.sysctls),
         )
         networking = self.api.create_networking_config(
             {plan.link(first.link).network: self.api.create_endpoint_config(ipv4_address=str(first.address.ip))})
@@ -246,6 +250,15 @@ class DockerEngine(Engine):
         result = self._exec_id(ident, [*_agent_argv(node.image), "setup", json.dumps(node.setup())])
         if result.exit_code != 0:
             raise EngineError(f"setting up node {node.name} failed: {(result.stderr or result.stdout).strip()[-800:]}")
+
+    def _refresh_hosts(self, lab: str, nodes: list[NodePlan]) -> None:
+        def refresh(node: NodePlan) -> None:
+            result = self._exec_id(self._container_id(lab, node.name), [*_agent_argv(node.image), "hosts", json.dumps(node.hosts_map())])
+            if result.exit_code != 0:
+                raise EngineError(f"updating names in node {node.name} failed: {result.stderr.strip()[-400:]}")
+
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(nodes))) as pool:
+            list(pool.map(refresh, nodes))
 
     # --- teardown --------------------------------------------------------------
 
