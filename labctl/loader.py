@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Mapping, Union, get_args, get_origin
 
@@ -359,7 +359,7 @@ def _check_route(loaded: LoadedLab, name: str, k: int, to: str, via: str) -> Non
     lab = loaded.lab
     if to != "default":
         try:
-            ip_network(to, strict=True)
+            IPv4Network(to, strict=True)
         except ValueError:
             raise loaded.error(("nodes", name, "routes", k, "to"), f"'{to}' is not 'default' or a network like 10.250.2.0/24") from None
     if via in lab.nodes:
@@ -367,9 +367,15 @@ def _check_route(loaded: LoadedLab, name: str, k: int, to: str, via: str) -> Non
             raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' shares no link with '{name}'")
         return
     try:
-        IPv4Address(via)
+        via_ip = IPv4Address(via)
     except ValueError:
         raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' is neither a node nor an IPv4 address", hint=f"nodes are: {', '.join(lab.nodes)}") from None
+    on_link = [link.subnet for link in lab.links if name in link.endpoints and link.subnet is not None]
+    pooled = any(name in link.endpoints and link.subnet is None for link in lab.links)
+    # With pool-allocated links the subnet is not known yet: use a node name for the next hop there.
+    if not pooled and not any(via_ip in subnet for subnet in on_link):
+        raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop {via} is on none of the subnets of '{name}'",
+                           hint=f"its subnets: {', '.join(map(str, on_link))}")
 
 
 def neighbours(lab: Lab) -> dict[str, list[str]]:

@@ -131,7 +131,7 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None)
     lab = loaded.lab
     in_use = dict(in_use or {})
     subnets = _assign_subnets(loaded, in_use)
-    addresses = _assign_addresses(lab, subnets)
+    addresses = _assign_addresses(loaded, subnets)
     links = tuple(
         LinkPlan(link.name, object_name(lab.name, link.name), subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
         for link in lab.links
@@ -169,15 +169,19 @@ def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str]) -> dic
     return subnets
 
 
-def _assign_addresses(lab: Lab, subnets: Mapping[str, IPv4Network]) -> dict[tuple[str, str], IPv4Interface]:
+def _assign_addresses(loaded: LoadedLab, subnets: Mapping[str, IPv4Network]) -> dict[tuple[str, str], IPv4Interface]:
     """(link, node) -> address. Fixed ones first; the rest numbered from .1 in endpoint order."""
+    lab = loaded.lab
     result: dict[tuple[str, str], IPv4Interface] = {}
     for link in lab.links:
         subnet = subnets[link.name]
         used = set(link.addresses.values()) | {gateway_address(subnet)}
         free = (a for a in subnet.hosts() if a not in used)
         for node in link.endpoints:
-            address = link.addresses.get(node) or next(free)
+            address = link.addresses.get(node) or next(free, None)
+            if address is None:
+                raise loaded.error(("links", lab.links.index(link)), f"subnet {subnet} has too few addresses for {len(link.endpoints)} endpoints",
+                                   hint="one address per endpoint plus one for the bridge: use a larger subnet_pool prefix")
             result[(link.name, node)] = IPv4Interface(f"{address}/{subnet.prefixlen}")
     return result
 
