@@ -60,6 +60,30 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
     return UpResult(plan, report, image, time.monotonic() - started)
 
 
+def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str] | None = None, *,
+        engine: Engine | None = None, root: Path | None = None, progress: Progress | None = None) -> list:
+    """Run scenarios of a lab (all of them by default), bringing the lab up if needed.
+
+    Every scenario and matrix point is validated before anything is created or run.
+    Returns one ``RunResult`` per run, each with its run directory and verdicts.
+    """
+    from .loader import load_scenarios
+    from .runner import ScenarioRun
+
+    loaded = load_lab(ref, params)
+    chosen = load_scenarios(loaded, scenarios, params)
+    engine = engine or default_engine()
+    image = engine.ensure_image(progress=progress)
+    plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
+    engine.deploy(plan, image.tag, progress)
+    results = []
+    for one in chosen:
+        if progress:
+            progress(f"running {one.label}")
+        results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
+    return results
+
+
 def lab_name(ref: str | Path, params: Mapping[str, str] | None = None) -> str:
     """A lab reference to a name: a path is read for its name; anything else is the name."""
     if Path(ref).exists():

@@ -59,6 +59,46 @@ def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
 
 
 @app.command()
+def run(lab: str = LAB_ARG,
+        scenario: List[str] = typer.Option([], "--scenario", "-s", help="A scenario of the lab (repeatable); all when omitted."),
+        param: List[str] = PARAM_OPT,
+        results: Optional[str] = typer.Option(None, help="Where run directories go (default ./results or $LABCTL_RESULTS)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON.")) -> None:
+    """Run scenarios on a lab (bringing it up if needed); record everything in a run directory.
+
+    Exit status: 0 when every expectation held, 1 when one failed, 2 on a usage or environment error.
+    """
+    from pathlib import Path
+
+    with progress_shown(not as_json) as progress:
+        outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
+    if as_json:
+        out.print_json(data=[{"scenario": r.scenario, "run_dir": str(r.path), "status": r.status, "passed": r.passed,
+                              "verdicts": r.verdicts} for r in outcomes])
+    else:
+        for outcome in outcomes:
+            _print_verdicts(outcome)
+        passed = sum(r.passed for r in outcomes)
+        out.print(f"[bold]{passed} of {len(outcomes)} run(s) passed[/bold]")
+    raise typer.Exit(0 if all(r.passed for r in outcomes) else 1)
+
+
+def _print_verdicts(outcome) -> None:
+    table = Table(title=f"{outcome.scenario}: {'[green]passed[/green]' if outcome.passed else '[red]FAILED[/red]'}"
+                        f" ({outcome.status})  {outcome.path}", title_justify="left")
+    table.add_column("")
+    table.add_column("expectation")
+    table.add_column("observed")
+    for verdict in outcome.verdicts:
+        table.add_row("[green]ok[/green]" if verdict["passed"] else "[red]FAIL[/red]", escape(verdict["description"]),
+                      escape(verdict["observed"]))
+        if not verdict["passed"]:
+            for item in verdict["evidence"][:5]:
+                table.add_row("", "", f"[dim]{escape(item.get('summary') or str(item.get('transitions') or item.get('result') or item))[:160]}[/dim]")
+    out.print(table)
+
+
+@app.command()
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
          param: List[str] = PARAM_OPT) -> None:

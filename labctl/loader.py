@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Mapping, Union, get_args, get_origin
+from typing import Any, Mapping, Sequence, Union, get_args, get_origin
 
 import jinja2
 import jinja2.sandbox
@@ -418,3 +418,168 @@ def _check_reachability(loaded: LoadedLab) -> None:
             if b not in reach:
                 raise loaded.error(("nodes", a), f"host '{a}' cannot reach host '{b}': no path through routers",
                                    hint="connect them through a node with role: router")
+
+
+# --- scenarios ---------------------------------------------------------------
+
+SCENARIO_DIR = "scenarios"
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    """One runnable scenario: a matrix point of a scenario file, rendered and validated."""
+
+    scenario: Any  # labctl.scenario.Scenario
+    source: SourceMap
+    params: Mapping[str, Any]
+    point: Mapping[str, Any]  # the matrix values of this run (empty without a matrix)
+
+    @property
+    def label(self) -> str:
+        if not self.point:
+            return self.scenario.name
+        return self.scenario.name + "[" + ",".join(f"{k}={v}" for k, v in self.point.items()) + "]"
+
+    def error(self, path: FieldPath, message: str, hint: str | None = None) -> LabFileError:
+        return LabFileError(message, location=self.source.locate(path), hint=hint)
+
+
+def scenario_files(lab_file: Path) -> dict[str, Path]:
+    directory = lab_file.parent / SCENARIO_DIR
+    if not directory.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(directory.glob("*.yaml"))}
+
+
+def load_scenarios(loaded: LoadedLab, names: Sequence[str] = (), params: Mapping[str, str] | None = None) -> list[LoadedScenario]:
+    """The lab's scenarios (all, or those named; a name may also be a path), one per matrix point."""
+    if loaded.path is None:
+        raise LabNotFound("this lab was not loaded from a file, so it has no scenarios directory")
+    available = scenario_files(loaded.path)
+    chosen: list[Path] = []
+    for name in names or list(available):
+        if name in available:
+            chosen.append(available[name])
+        elif Path(name).is_file():
+            chosen.append(Path(name))
+        else:
+            raise LabNotFound(f"lab '{loaded.lab.name}' has no scenario '{name}'",
+                              hint=f"its scenarios: {', '.join(available) or 'none'} (in {loaded.path.parent / SCENARIO_DIR})")
+    if not chosen:
+        raise LabNotFound(f"lab '{loaded.lab.name}' has no scenarios", hint=f"add YAML files to {loaded.path.parent / SCENARIO_DIR}")
+    result: list[LoadedScenario] = []
+    for path in chosen:
+        result.extend(load_scenario_file(path, loaded, params or {}))
+    return result
+
+
+def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, str]) -> list[LoadedScenario]:
+    from itertools import product
+
+    from .scenario import Scenario
+
+    text = path.read_text()
+    # First look: the defaults and the matrix, read before rendering (they hold no templates).
+    try:
+        head = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        head = {}
+    defaults = head.get("params") or {} if isinstance(head, dict) else {}
+    matrix = head.get("matrix") or {} if isinstance(head, dict) else {}
+    keys = list(matrix) if isinstance(matrix, dict) else []
+    points = [dict(zip(keys, values)) for values in product(*(matrix[k] if isinstance(matrix[k], list) else [matrix[k]] for k in keys))] or [{}]
+    result = []
+    for point in points:
+        params = {**(defaults if isinstance(defaults, dict) else {}), **point, **dict(overrides)}
+        rendered = render_template(text, path, params)
+        data, source = parse_yaml(rendered, path)
+        scenario = validate_model(Scenario, data, source)
+        one = LoadedScenario(scenario, source, params, point)
+        check_scenario(one, loaded)
+        result.append(one)
+    return result
+
+
+def check_scenario(one: LoadedScenario, loaded: LoadedLab) -> None:
+    """Names a scenario uses must exist: nodes in the lab, sockets and rules defined by earlier steps."""
+    lab = loaded.lab
+    sockets: dict[str, str] = {}  # name -> node
+    rules: dict[str, tuple[str, str]] = {}  # name -> (node, action)
+    steps: dict[str, Any] = {}
+
+    def known_endpoint(value: str | None, where: FieldPath) -> None:
+        if value is None or value in lab.nodes:
+            return
+        try:
+            IPv4Address(value)
+        except ValueError:
+            raise one.error(where, f"'{value}' is neither a node of lab '{lab.name}' nor an IPv4 address",
+                            hint=f"nodes: {', '.join(lab.nodes)}") from None
+
+    def socket(name: str, node: str | None, where: FieldPath) -> None:
+        if name not in sockets:
+            raise one.error(where, f"no socket named '{name}' was made by an earlier step", hint="name it with `as:` on listen, connect or accept")
+        if sockets[name] != node:
+            raise one.error(where, f"socket '{name}' belongs to node '{sockets[name]}', not '{node}'")
+
+    for i, step in enumerate(one.scenario.steps):
+        here: FieldPath = ("steps", i)
+        kind, action = step.kind, step.action
+        if step.node is not None and step.node not in lab.nodes:
+            raise one.error((*here, "node"), f"unknown node '{step.node}'", hint=f"nodes: {', '.join(lab.nodes)}")
+        if kind in ("listen", "connect", "accept") and not step.as_:
+            raise one.error(here, f"a {kind} step needs `as:` to name its socket")
+        if kind == "accept":
+            socket(action if isinstance(action, str) else action.sock, step.node, (*here, "accept"))
+        elif kind in ("send", "recv", "shutdown", "setsockopt"):
+            socket(action.sock, step.node, (*here, kind, "sock"))
+        elif kind == "close":
+            socket(action, step.node, (*here, "close"))
+        elif kind == "connect":
+            known_endpoint(action.to, (*here, "connect", "to"))
+        elif kind == "rule":
+            known_endpoint(action.from_, (*here, "rule", "from"))
+            known_endpoint(action.to, (*here, "rule", "to"))
+            if action.after:
+                known_endpoint(action.after.from_, (*here, "rule", "after", "from"))
+                known_endpoint(action.after.to, (*here, "rule", "after", "to"))
+            if action.action == "delay" and action.delay is None:
+                raise one.error((*here, "rule"), "a delay rule needs `delay:`")
+            if step.as_:
+                rules[step.as_] = (step.node, action.action)
+        elif kind in ("unrule", "release"):
+            name = action if kind == "unrule" else action.rule
+            if name not in rules:
+                raise one.error((*here, kind), f"no rule named '{name}' was made by an earlier step")
+            if kind == "release" and rules[name][1] != "hold":
+                raise one.error((*here, kind, "rule"), f"rule '{name}' is a {rules[name][1]} rule; only hold rules keep packets")
+            if rules[name][0] != step.node:
+                raise one.error((*here, "node"), f"rule '{name}' lives on node '{rules[name][0]}'")
+        elif kind == "kill_socket":
+            known_endpoint(action.remote, (*here, "kill_socket", "remote"))
+        elif kind == "wait":
+            if sum(x is not None for x in (action.state, action.step, action.rule)) != 1:
+                raise one.error((*here, "wait"), "wait for exactly one of: state, step, rule")
+            if action.state and action.node not in lab.nodes:
+                raise one.error((*here, "wait", "node"), "waiting for a state needs `node:` (a node of the lab)")
+            if action.step and action.step not in steps:
+                raise one.error((*here, "wait", "step"), f"no earlier step is named '{action.step}'")
+            if action.rule and action.rule not in rules:
+                raise one.error((*here, "wait", "rule"), f"no earlier rule is named '{action.rule}'")
+        if step.as_:
+            if step.as_ in steps:
+                raise one.error((*here, "as"), f"the name '{step.as_}' is used by an earlier step")
+            steps[step.as_] = step
+            if kind in ("listen", "connect", "accept"):
+                sockets[step.as_] = step.node
+    for k, expectation in enumerate(one.scenario.expect):
+        here = ("expect", k)
+        body = getattr(expectation, expectation.kind)
+        for field_name in ("from_", "to", "at"):
+            value = getattr(body, field_name, None)
+            if value is not None:
+                known_endpoint(value, (*here, expectation.kind, field_name.rstrip("_")))
+        if expectation.kind in ("states",) and body.node not in lab.nodes:
+            raise one.error((*here, "states", "node"), f"unknown node '{body.node}'")
+        if expectation.kind in ("step", "data") and body.step not in steps:
+            raise one.error((*here, expectation.kind, "step"), f"no step is named '{body.step}'", hint="name steps with `as:`")

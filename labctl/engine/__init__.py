@@ -54,6 +54,23 @@ class DeployReport:
         return bool(self.created or self.removed)
 
 
+class Stream(ABC):
+    """A command running in a node with its stdin open: the runner's line to an agent."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read(self) -> tuple[int, bytes] | None:
+        """The next chunk as (1 for stdout | 2 for stderr, bytes); None at the end."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def exit_code(self) -> int | None: ...
+
+
 class Engine(ABC):
     """What labctl needs from a container engine."""
 
@@ -94,6 +111,18 @@ class Engine(ABC):
     @abstractmethod
     def shell(self, lab: str, node: str, argv: Sequence[str]) -> int:
         """Run an interactive command on the caller's terminal; return its exit status."""
+
+    @abstractmethod
+    def attach(self, lab: str, node: str, argv: Sequence[str]) -> Stream:
+        """Start a command in a node with stdin, stdout and stderr connected to the caller."""
+
+    @abstractmethod
+    def fetch(self, lab: str, node: str, path: str) -> bytes | None:
+        """A tar archive of a path in a node (running or stopped); None if it does not exist."""
+
+    @abstractmethod
+    def set_sysctls(self, lab: str, node: str, values: Mapping[str, str]) -> dict[str, str]:
+        """Set network sysctls in a running node's namespace; return their previous values."""
 
     @abstractmethod
     def probe(self, image: str, argv: Sequence[str]) -> ExecResult:

@@ -28,7 +28,7 @@ import requests.exceptions
 from ..errors import EngineError
 from ..plan import (LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_SOURCE, LABEL_SPEC, OWNER, LabPlan,
                     LinkPlan, NodePlan)
-from . import DeployReport, Engine, ExecResult, LinkState, NodeState, Progress
+from . import DeployReport, Engine, ExecResult, LinkState, NodeState, Progress, Stream
 from . import image as node_image
 
 AGENT = ["python3", "-m", "labctl.agent"]
@@ -290,12 +290,12 @@ class DockerEngine(Engine):
 
     # --- running things in nodes ----------------------------------------------
 
-    def _container_id(self, lab: str, node: str) -> str:
+    def _container_id(self, lab: str, node: str, running: bool = True) -> str:
         found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={lab}", f"{LABEL_NODE}={node}"]})
         if not found:
             from ..errors import UserError
             raise UserError(f"lab '{lab}' has no node '{node}' up", hint=f"see `labctl status {lab}`")
-        if found[0].status != "running":
+        if running and found[0].status != "running":
             raise EngineError(f"node {node} of lab {lab} is {found[0].status}, not running", hint=f"run `labctl up {lab}` again")
         return found[0].id
 
@@ -330,6 +330,34 @@ class DockerEngine(Engine):
         code = self.api.exec_inspect(exec_id).get("ExitCode")
         return code if code is not None else 0
 
+    def attach(self, lab: str, node: str, argv: Sequence[str]) -> "DockerStream":
+        ident = self._container_id(lab, node)
+        exec_id = self.api.exec_create(ident, list(argv), stdin=True, stdout=True, stderr=True, tty=False)["Id"]
+        return DockerStream(self.api, exec_id, self.api.exec_start(exec_id, socket=True, tty=False))
+
+    def fetch(self, lab: str, node: str, path: str) -> bytes | None:
+        ident = self._container_id(lab, node, running=False)
+        try:
+            chunks, _ = self.api.get_archive(ident, path)
+            return b"".join(chunks)
+        except docker.errors.NotFound:
+            return None
+
+    def set_sysctls(self, lab: str, node: str, values: Mapping[str, str]) -> dict[str, str]:
+        # /proc/sys is read-only in nodes, and making it writable there would let a node
+        # change the host's kernel.* settings. A short-lived helper that shares only the
+        # node's network namespace, and runs only labctl's own code, writes net.* there.
+        ident = self._container_id(lab, node)
+        image = self.client.containers.get(ident).attrs["Config"]["Image"]
+        labels = {LABEL_OWNER: OWNER, LABEL_LAB: "__helper__", LABEL_ROLE: "sysctl"}
+        try:
+            output = self.client.containers.run(image, [*AGENT, "sysctl", json.dumps(dict(values))], network_mode=f"container:{ident}",
+                                                cap_add=["NET_ADMIN"], security_opt=["systempaths=unconfined"], labels=labels,
+                                                remove=True, stdout=True, stderr=True)
+        except docker.errors.ContainerError as exc:
+            raise EngineError(f"setting {', '.join(values)} on {node} failed: {_reason(exc)}") from None
+        return json.loads(output)["previous"]
+
     def probe(self, image: str, argv: Sequence[str]) -> ExecResult:
         labels = {LABEL_OWNER: OWNER, LABEL_LAB: "__probe__", LABEL_ROLE: "probe"}
         ctr = self.client.containers.run(image, detach=True, network_mode="none", cap_add=CAPABILITIES, init=True,
@@ -338,6 +366,46 @@ class DockerEngine(Engine):
             return self._exec_id(ctr.id, argv)
         finally:
             ctr.remove(force=True)
+
+
+class DockerStream(Stream):
+    """An exec with stdin attached. Without a TTY, Docker frames each chunk of output
+    with an 8-byte header: stream (1 stdout, 2 stderr), three zero bytes, big-endian size."""
+
+    def __init__(self, api, exec_id: str, sock):
+        self.api = api
+        self.exec_id = exec_id
+        self.sock = sock
+        self.raw = getattr(sock, "_sock", sock)
+
+    def write(self, data: bytes) -> None:
+        self.raw.sendall(data)
+
+    def read(self) -> tuple[int, bytes] | None:
+        header = self._exactly(8)
+        if header is None:
+            return None
+        size = int.from_bytes(header[4:8], "big")
+        body = self._exactly(size)
+        return None if body is None else (header[0], body)
+
+    def _exactly(self, size: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.raw.recv(size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError:
+            pass
+
+    def exit_code(self) -> int | None:
+        return self.api.exec_inspect(self.exec_id).get("ExitCode")
 
 
 def bridge_name(network: str) -> str:

@@ -1,0 +1,199 @@
+"""Captures -> TCP segments, connections and their incarnations.
+
+Each capture record is one packet seen at one node's interface. The same
+packet seen at several captures (it left the client, crossed the router,
+reached the server) is one *transmission*: grouped by what a hop does not
+change (addresses, ports, seq, ack, flags, length, IP id). A drop at a
+router shows as a transmission seen on one side and not the other.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dpkt
+
+FLAG_LETTERS = (("F", dpkt.tcp.TH_FIN), ("S", dpkt.tcp.TH_SYN), ("R", dpkt.tcp.TH_RST), ("P", dpkt.tcp.TH_PUSH),
+                ("A", dpkt.tcp.TH_ACK), ("U", dpkt.tcp.TH_URG), ("E", dpkt.tcp.TH_ECE), ("C", dpkt.tcp.TH_CWR))
+
+
+@dataclass
+class Segment:
+    t: float
+    node: str  # whose capture
+    iface: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    flags: str
+    seq: int
+    ack: int
+    length: int
+    ip_id: int
+    ttl: int
+    window: int
+    payload: bytes = b""
+    timestamps: tuple[int, int] | None = None
+    # Filled in by analysis:
+    transmission: int = -1
+    connection: str = ""
+    incarnation: int = 0
+    rel_seq: int = 0
+    rel_ack: int = 0
+    retransmission: bool = False
+
+    @property
+    def key(self) -> tuple:
+        return (self.src, self.sport, self.dst, self.dport, self.seq, self.ack, self.flags, self.length, self.ip_id)
+
+    @property
+    def tuple4(self) -> tuple[str, int, str, int]:
+        return (self.src, self.sport, self.dst, self.dport)
+
+    def summary(self) -> str:
+        text = f"{self.src}:{self.sport} > {self.dst}:{self.dport} [{self.flags or '.'}] seq {self.rel_seq} ack {self.rel_ack} len {self.length}"
+        return text + (" (retransmission)" if self.retransmission else "")
+
+    def to_json(self) -> dict:
+        return {"t": self.t, "at": f"{self.node}/{self.iface}", "src": f"{self.src}:{self.sport}", "dst": f"{self.dst}:{self.dport}",
+                "flags": self.flags, "seq": self.seq, "ack": self.ack, "rel_seq": self.rel_seq, "rel_ack": self.rel_ack,
+                "len": self.length, "ttl": self.ttl, "ip_id": self.ip_id, "transmission": self.transmission,
+                "connection": self.connection, "incarnation": self.incarnation, "retransmission": self.retransmission}
+
+
+def flag_string(bits: int) -> str:
+    return "".join(letter for letter, bit in FLAG_LETTERS if bits & bit)
+
+
+def read_capture(path: Path, node: str, iface: str) -> list[Segment]:
+    segments = []
+    with open(path, "rb") as fh:
+        try:
+            reader = dpkt.pcap.Reader(fh)
+        except ValueError:
+            return []  # empty or cut before the header: nothing was captured
+        try:
+            for ts, frame in reader:
+                segment = _decode(float(ts), frame, reader.datalink(), node, iface)
+                if segment is not None:
+                    segments.append(segment)
+        except dpkt.NeedData:
+            pass  # a capture cut mid-packet (node killed): keep what is whole
+    return segments
+
+
+def _decode(ts: float, frame: bytes, datalink: int, node: str, iface: str) -> Segment | None:
+    try:
+        if datalink == dpkt.pcap.DLT_EN10MB:
+            eth = dpkt.ethernet.Ethernet(frame)
+            ip = eth.data
+        elif datalink == dpkt.pcap.DLT_LINUX_SLL:
+            ip = dpkt.sll.SLL(frame).data
+        else:
+            ip = dpkt.ip.IP(frame)
+    except (dpkt.UnpackError, IndexError):
+        return None
+    if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP):
+        return None
+    tcp = ip.data
+    timestamps = None
+    for kind, value in dpkt.tcp.parse_opts(tcp.opts):
+        if kind == dpkt.tcp.TCP_OPT_TIMESTAMP and len(value) == 8:
+            timestamps = (int.from_bytes(value[:4], "big"), int.from_bytes(value[4:], "big"))
+    return Segment(ts, node, iface, socket.inet_ntoa(ip.src), tcp.sport, socket.inet_ntoa(ip.dst), tcp.dport,
+                   flag_string(tcp.flags), tcp.seq, tcp.ack, len(tcp.data), ip.id, ip.ttl, tcp.win, bytes(tcp.data[:256]),
+                   timestamps)
+
+
+@dataclass
+class Connection:
+    """One incarnation of a 4-tuple: from its SYN (or first sight) to the next SYN on the same tuple."""
+
+    name: str
+    client: tuple[str, int]
+    server: tuple[str, int]
+    incarnation: int
+    isn: dict[tuple[str, int], int] = field(default_factory=dict)
+    first: float = 0.0
+    last: float = 0.0
+
+
+def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
+    """Number transmissions, split 4-tuples into incarnations, relative seq/ack, retransmissions."""
+    segments.sort(key=lambda s: (s.t, s.node))
+    transmissions: dict[tuple, int] = {}
+    for segment in segments:
+        # The same packet seen at another hop; a later one with the same key (e.g. a duplicate
+        # made by an impairment) within the same second is still the same transmission.
+        segment.transmission = transmissions.setdefault(segment.key, len(transmissions))
+    connections: dict[frozenset, list[Connection]] = {}
+    result: list[Connection] = []
+    first_at: dict[int, Segment] = {}
+    for segment in segments:
+        first_at.setdefault(segment.transmission, segment)
+    for segment in sorted(first_at.values(), key=lambda s: s.t):
+        ends = frozenset({(segment.src, segment.sport), (segment.dst, segment.dport)})
+        incarnations = connections.setdefault(ends, [])
+        here = (segment.src, segment.sport)
+        current = incarnations[-1] if incarnations else None
+        is_new_syn = "S" in segment.flags and "A" not in segment.flags and (
+            current is None or current.isn.get(here) not in (None, segment.seq))
+        if current is None or is_new_syn:
+            client = here if ("S" in segment.flags and "A" not in segment.flags) or current is None else current.client
+            server = (segment.dst, segment.dport) if client == here else here
+            name = f"{client[0]}:{client[1]}-{server[0]}:{server[1]}"
+            current = Connection(name, client, server, len(incarnations), first=segment.t)
+            incarnations.append(current)
+            result.append(current)
+        current.isn.setdefault(here, segment.seq)
+        current.last = segment.t
+    # Give every capture record its incarnation and relative numbers, via its transmission.
+    by_transmission: dict[int, Connection] = {}
+    for segment in sorted(first_at.values(), key=lambda s: s.t):
+        ends = frozenset({(segment.src, segment.sport), (segment.dst, segment.dport)})
+        candidates = [c for c in connections[ends] if c.first <= segment.t]
+        by_transmission[segment.transmission] = candidates[-1] if candidates else connections[ends][0]
+    highest: dict[tuple, int] = {}
+    fins: set[tuple] = set()
+    retransmitted: set[int] = set()
+    for segment in sorted(first_at.values(), key=lambda s: s.t):
+        connection = by_transmission[segment.transmission]
+        direction = (connection.name, connection.incarnation, segment.src, segment.sport)
+        base = connection.isn.get((segment.src, segment.sport), segment.seq)
+        end = (segment.seq - base) % 2**32 + segment.length + (1 if "S" in segment.flags else 0)
+        if segment.length > 0 or "S" in segment.flags:
+            if direction in highest and end <= highest[direction]:
+                retransmitted.add(segment.transmission)
+            highest[direction] = max(highest.get(direction, 0), end)
+        if "F" in segment.flags:
+            fin = (*direction, segment.seq)
+            if fin in fins:
+                retransmitted.add(segment.transmission)
+            fins.add(fin)
+    for segment in segments:
+        connection = by_transmission[segment.transmission]
+        segment.connection = connection.name
+        segment.incarnation = connection.incarnation
+        segment.rel_seq = (segment.seq - connection.isn.get((segment.src, segment.sport), segment.seq)) % 2**32
+        peer_isn = connection.isn.get((segment.dst, segment.dport))
+        segment.rel_ack = (segment.ack - peer_isn) % 2**32 if peer_isn is not None and "A" in segment.flags else 0
+        segment.retransmission = segment.transmission in retransmitted
+    return segments, result
+
+
+def capture_path(run_dir: Path, node: str, iface: str) -> Path:
+    return run_dir / "pcaps" / f"{node}-{iface}.pcap"
+
+
+def load_segments(run_dir: Path, nodes: dict) -> tuple[list[Segment], list[Connection]]:
+    """``nodes`` is run.json's: node -> {"interfaces": {iface: address}}."""
+    segments: list[Segment] = []
+    for node, info in nodes.items():
+        for iface in info["interfaces"]:
+            path = capture_path(run_dir, node, iface)
+            if path.exists():
+                segments.extend(read_capture(path, node, iface))
+    return analyze(segments)

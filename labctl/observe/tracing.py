@@ -1,0 +1,136 @@
+"""Kernel TCP events from tracefs tracepoints, on the host, during a run.
+
+Tracepoints see every network namespace, so events are kept only when one
+end is a lab address, and attributed to the node owning the local address.
+They are exact (the kernel's own transition), where sampling can miss a
+state that lasts less than a sample. Caveat (DESIGN.md): TIME_WAIT lives in
+a separate timewait socket, so the full socket's tracepoint shows
+FIN_WAIT2 -> CLOSE; the analysis takes TIME_WAIT from sampling and captures.
+
+The trace clock is CLOCK_MONOTONIC; each event is converted to the host's
+realtime clock (which captures use) with an offset measured at start.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+TRACEFS = Path("/sys/kernel/tracing")
+EVENTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
+_LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s+(?P<body>.*)$")
+_FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_line(line: str, offset: float) -> dict | None:
+    match = _LINE.match(line)
+    if not match:
+        return None
+    fields = dict(_FIELD.findall(match.group("body")))
+    record: dict = {"t": float(match.group("ts")) + offset, "source": "tracepoint", "event": match.group("event")}
+    if fields.get("family", "AF_INET") != "AF_INET":
+        return None
+    for end, (addr_key, port_key) in (("src", ("saddr", "sport")), ("dest", ("daddr", "dport"))):
+        if end in fields:  # tcp_send_reset prints src=ADDR:PORT dest=ADDR:PORT
+            address, _, port = fields.pop(end).rpartition(":")
+            fields[addr_key], fields[port_key] = address, port
+    record["local"] = f"{fields.get('saddr')}:{fields.get('sport')}"
+    record["remote"] = f"{fields.get('daddr')}:{fields.get('dport')}"
+    for key in ("oldstate", "newstate", "state", "reason"):
+        if key in fields:
+            record[key] = fields[key].removeprefix("TCP_")
+    return record
+
+
+class KernelEvents:
+    """Start, read and stop a private tracefs instance for one run."""
+
+    def __init__(self, addresses: Mapping[str, str], sink: Callable[[dict], None]):
+        self.addresses = dict(addresses)  # lab IPv4 address -> node
+        self.sink = sink
+        self.instance: Path | None = None
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.unavailable: str | None = None
+        self.count = 0
+
+    def start(self) -> bool:
+        instances = TRACEFS / "instances"
+        if not instances.is_dir():
+            self.unavailable = f"{TRACEFS} is not mounted (mount -t tracefs nodev {TRACEFS})"
+            return False
+        missing = [e for e in EVENTS if not (TRACEFS / "events" / e).is_dir()]
+        if missing:
+            self.unavailable = f"tracepoints missing: {', '.join(missing)}"
+            return False
+        try:
+            self.instance = instances / f"labctl-{secrets.token_hex(4)}"
+            self.instance.mkdir()
+            (self.instance / "trace_clock").write_text("mono")
+            (self.instance / "buffer_size_kb").write_text("4096")
+            for event in EVENTS:
+                (self.instance / "events" / event / "enable").write_text("1")
+        except OSError as exc:
+            self.unavailable = f"cannot use tracefs: {exc.strerror or exc}"
+            self._remove()
+            return False
+        # The trace clock is monotonic; captures use realtime. Measure the offset tightly.
+        before = time.monotonic()
+        now = time.time()
+        after = time.monotonic()
+        self.offset = now - (before + after) / 2
+        self.thread = threading.Thread(target=self._read, daemon=True, name="tracefs")
+        self.thread.start()
+        return True
+
+    def _read(self) -> None:
+        assert self.instance is not None
+        with open(self.instance / "trace_pipe", "r", errors="replace") as pipe:
+            import select
+            while True:
+                ready, _, _ = select.select([pipe], [], [], 0.1)
+                if not ready:
+                    if self.stopping.is_set():
+                        return
+                    continue
+                line = pipe.readline()
+                if not line:
+                    if self.stopping.is_set():
+                        return
+                    continue
+                record = parse_line(line, self.offset)
+                if record is None:
+                    continue
+                local_ip = record["local"].rpartition(":")[0]
+                remote_ip = record["remote"].rpartition(":")[0]
+                node = self.addresses.get(local_ip)
+                if node is None and remote_ip not in self.addresses:
+                    continue  # not lab traffic
+                record["node"] = node
+                self.count += 1
+                self.sink(record)
+
+    def stop(self) -> None:
+        if self.instance is None:
+            return
+        try:
+            for event in EVENTS:
+                (self.instance / "events" / event / "enable").write_text("0")
+        except OSError:
+            pass
+        time.sleep(0.15)  # let the reader drain what is buffered
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(timeout=3)
+        self._remove()
+
+    def _remove(self) -> None:
+        if self.instance is not None and self.instance.exists():
+            try:
+                self.instance.rmdir()
+            except OSError:
+                pass
