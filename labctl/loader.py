@@ -479,10 +479,12 @@ def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, st
     from .scenario import Scenario
 
     text = path.read_text()
-    # First look: the defaults and the matrix, read before rendering (they hold no templates).
+    # First look, for the defaults and the matrix only: render leniently (unknown names are
+    # empty, conditions false), so a file with {% if %} blocks still parses.
     try:
-        head = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
+        lenient = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.Undefined, autoescape=False)
+        head = yaml.safe_load(lenient.from_string(text).render()) or {}
+    except (yaml.YAMLError, jinja2.TemplateError):
         head = {}
     defaults = head.get("params") or {} if isinstance(head, dict) else {}
     matrix = head.get("matrix") or {} if isinstance(head, dict) else {}

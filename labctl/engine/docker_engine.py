@@ -350,12 +350,23 @@ class DockerEngine(Engine):
         ident = self._container_id(lab, node)
         image = self.client.containers.get(ident).attrs["Config"]["Image"]
         labels = {LABEL_OWNER: OWNER, LABEL_LAB: "__helper__", LABEL_ROLE: "sysctl"}
+        host_config = self.api.create_host_config(network_mode=f"container:{ident}", cap_add=["NET_ADMIN"])
+        # What `--security-opt systempaths=unconfined` means: no read-only /proc/sys in this helper.
+        host_config["ReadonlyPaths"], host_config["MaskedPaths"] = [], []
+        helper = None
         try:
-            output = self.client.containers.run(image, [*AGENT, "sysctl", json.dumps(dict(values))], network_mode=f"container:{ident}",
-                                                cap_add=["NET_ADMIN"], security_opt=["systempaths=unconfined"], labels=labels,
-                                                remove=True, stdout=True, stderr=True)
-        except docker.errors.ContainerError as exc:
+            helper = self.api.create_container(image, [*AGENT, "sysctl", json.dumps(dict(values))], labels=labels,
+                                               host_config=host_config)["Id"]
+            self.api.start(helper)
+            code = self.api.wait(helper, timeout=30)["StatusCode"]
+            output = self.api.logs(helper, stdout=True, stderr=False)
+            if code != 0:
+                raise EngineError(f"setting {', '.join(values)} on {node} failed: {self.api.logs(helper, stdout=False, stderr=True).decode(errors='replace').strip()[-300:]}")
+        except docker.errors.APIError as exc:
             raise EngineError(f"setting {', '.join(values)} on {node} failed: {_reason(exc)}") from None
+        finally:
+            if helper:
+                self.api.remove_container(helper, force=True)
         return json.loads(output)["previous"]
 
     def probe(self, image: str, argv: Sequence[str]) -> ExecResult:
