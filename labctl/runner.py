@@ -140,7 +140,9 @@ class ScenarioRun:
     def _start_actors(self) -> dict:
         def start(node) -> tuple[str, dict]:
             config = {"node": node.name, "run_dir": self.node_dir, "interfaces": [i.name for i in node.interfaces],
-                      "reset": True, "addresses": self.addresses}
+                      "reset": True, "addresses": self.addresses,
+                      # Rules need to see each connection's SYNs to number its sequence space.
+                      "rules": any(step.kind == "rule" and step.node == node.name for step in self.one.scenario.steps)}
             session = ActorSession(self.engine, self.plan.lab, node.name, config,
                                    self.rundir.path / "logs" / f"{node.name}-actor.log", self._actor_event)
             self.sessions[node.name] = session
@@ -185,10 +187,14 @@ class ScenarioRun:
                 data = tar.extractfile(member).read()
                 if name.startswith("pcaps/"):
                     (self.rundir.path / name).write_bytes(data)
-                elif name in ("states.jsonl", "rules.jsonl"):
+                elif name == "states.jsonl":
                     for line in data.decode().splitlines():
                         if line.strip():
-                            self.rundir.append(name, {**json.loads(line), "node": node, "source": json.loads(line).get("source", "sample")})
+                            self.rundir.append(name, {**json.loads(line), "node": node, "source": "sample"})
+                elif name == "rules.jsonl":
+                    for line in data.decode().splitlines():
+                        if line.strip():
+                            self.rundir.append(name, {**json.loads(line), "node": node})
                 else:
                     (self.rundir.path / "logs" / f"{node}-{Path(name).name}").write_bytes(data)
         try:

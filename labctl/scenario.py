@@ -239,8 +239,19 @@ class DataExpect(_Strict):
     not_contains: str | None = None
 
 
+class EventsExpect(_Strict):
+    """Kernel events from tracepoints (needs tracefs on the host)."""
+
+    event: Literal["tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"]
+    node: str | None = None
+    count: int | None = Field(None, ge=0)
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+
+
 class Expectation(_Strict):
     name: str | None = None
+    events: EventsExpect | None = None
     segments: SegmentsExpect | None = None
     no_segments: Match | None = None
     states: StatesExpect | None = None
@@ -259,7 +270,7 @@ class Expectation(_Strict):
         return next(k for k in EXPECTATIONS if getattr(self, k) is not None)
 
 
-EXPECTATIONS = ("segments", "no_segments", "states", "step", "data")
+EXPECTATIONS = ("segments", "no_segments", "states", "step", "data", "events")
 
 
 class Scenario(_Strict):

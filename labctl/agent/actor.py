@@ -128,6 +128,9 @@ class Actor:
                 raise RuntimeError(f"tcpdump on {iface} did not start: {line.strip()}")
             threading.Thread(target=proc.stderr.read, daemon=True).start()
             started["captures"].append(iface)
+        if self.config.get("rules"):
+            self._rule_engine()
+            started["rules"] = True
         if self.config.get("sample_states", True):
             self.sampler = Sampler(self.dir / "states.jsonl", self.config.get("sample_interval", SAMPLE_INTERVAL))
             self.sampler.start()

@@ -260,6 +260,11 @@ def parse_packet(data, start: int, end: int) -> Packet:
     return packet
 
 
+def packet_queue(data, start: int) -> int:
+    """The queue number (nfgenmsg res_id) a message is about."""
+    return (data[start + 18] << 8) | data[start + 19]
+
+
 def packet_id(data, start: int) -> int:
     """The packet id of a packet message, cheaply: the kernel always puts NFQA_PACKET_HDR first."""
     length, kind = NLATTR.unpack_from(data, start + HEADER_LEN)
@@ -281,7 +286,8 @@ def payload_bounds(data, start: int, end: int) -> tuple[int, int, bool]:
 
 
 class NfQueue:
-    """One bound queue. Non-blocking once bound: poll ``fileno()``, then drain with ``receive_into``.
+    """A netlink socket bound to one queue number (``bind`` adds more). Non-blocking once bound:
+    poll ``fileno()``, then drain with ``receive_into``.
 
     Verdicts are buffered and go to the kernel in one ``send`` at ``flush()``.
     """
@@ -290,9 +296,8 @@ class NfQueue:
 
     def __init__(self, number: int, *, copy_range: int = 0xFFFF, maxlen: int = DEFAULT_MAXLEN, fail_open: bool = False,
                  rcvbuf: int = 8 << 20, out_size: int = 64 << 10):
-        if not 0 <= number <= 0xFFFF:
-            raise ValueError(f"queue number {number} is not in 0..65535")
-        self.number = number
+        self.number = number       # the first queue bound: the default for verdicts
+        self.numbers: list[int] = []
         self.overruns = 0          # ENOBUFS: the kernel could not hand us packets
         self.verdict_errors = 0    # NLMSG_ERROR answers to verdicts
         self.last_error = 0
@@ -300,24 +305,32 @@ class NfQueue:
         self._backlog: list[bytes] = []
         self._out = bytearray(out_size)
         self._out_len = 0
-        self._verdict_template = verdict_message(number, 0, NF_ACCEPT)
-        self._verdict_mark_template = verdict_message(number, 0, NF_ACCEPT, mark=0)
+        self._templates: dict[tuple[int, bool], bytes] = {}
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         try:
             self.sock.bind((0, 0))
             self.portid = self.sock.getsockname()[0]
             self._grow_rcvbuf(rcvbuf)
-            flags = NFQA_CFG_F_FAIL_OPEN if fail_open else 0
-            self._request(config_message(number, command=NFQNL_CFG_CMD_BIND, copy_mode=NFQNL_COPY_PACKET,
-                                         copy_range=copy_range, maxlen=maxlen, flags=flags,
-                                         flags_mask=NFQA_CFG_F_FAIL_OPEN, seq=self._next_seq()),
-                          what=f"binding NFQUEUE {number}")
+            self.bind(number, copy_range=copy_range, maxlen=maxlen, fail_open=fail_open)
             self.sock.setblocking(False)
         except BaseException:
             self.sock.close()
             raise
 
     # --- setup ------------------------------------------------------------------
+
+    def bind(self, number: int, *, copy_range: int = 0xFFFF, maxlen: int = DEFAULT_MAXLEN, fail_open: bool = False) -> None:
+        """Bind one more queue number to this socket; its packets arrive here too (res_id tells which)."""
+        if not 0 <= number <= 0xFFFF:
+            raise ValueError(f"queue number {number} is not in 0..65535")
+        flags = NFQA_CFG_F_FAIL_OPEN if fail_open else 0
+        self._request(config_message(number, command=NFQNL_CFG_CMD_BIND, copy_mode=NFQNL_COPY_PACKET,
+                                     copy_range=copy_range, maxlen=maxlen, flags=flags,
+                                     flags_mask=NFQA_CFG_F_FAIL_OPEN, seq=self._next_seq()),
+                      what=f"binding NFQUEUE {number}")
+        self.numbers.append(number)
+        self._templates[(number, False)] = verdict_message(number, 0, NF_ACCEPT)
+        self._templates[(number, True)] = verdict_message(number, 0, NF_ACCEPT, mark=0)
 
     def _grow_rcvbuf(self, size: int) -> None:
         # A deep receive buffer absorbs bursts; FORCE passes rmem_max (needs CAP_NET_ADMIN, which nodes have).
@@ -348,31 +361,31 @@ class NfQueue:
                         continue
                     raise
                 answered = False
-                for kind, _flags, start, _end in messages(data):
+                for kind, _flags, start, end in messages(data):
                     if kind == NLMSG_ERROR and NLMSGHDR.unpack_from(data, start)[3] == seq:
                         code = parse_error(data, start)
                         if code:
                             raise NetlinkError(code, f"{what}: {_explain(code)}")
                         answered = True
                     elif kind == msg_type(NFQNL_MSG_PACKET):
-                        self._backlog.append(bytes(data[start:_end]))
+                        self._backlog.append(bytes(data[start:end]))
+                    elif kind == NLMSG_ERROR:
+                        self.note_error(data, start)
                 if answered:
                     return
         finally:
             self.sock.settimeout(None)
             self.sock.setblocking(blocking)
 
-    def set_maxlen(self, maxlen: int) -> None:
-        self._flush_then(config_message(self.number, command=None, copy_mode=None, maxlen=maxlen, seq=self._next_seq()),
-                         "setting the queue length")
-
-    def set_flags(self, flags: int, mask: int) -> None:
-        self._flush_then(config_message(self.number, command=None, copy_mode=None, flags=flags, flags_mask=mask,
-                                        seq=self._next_seq()), "setting queue flags")
-
-    def _flush_then(self, msg: bytes, what: str) -> None:
+    def set_maxlen(self, maxlen: int, queue: int | None = None) -> None:
         self.flush()
-        self._request(msg, what)
+        self._request(config_message(self.number if queue is None else queue, command=None, copy_mode=None,
+                                     maxlen=maxlen, seq=self._next_seq()), "setting the queue length")
+
+    def set_flags(self, flags: int, mask: int, queue: int | None = None) -> None:
+        self.flush()
+        self._request(config_message(self.number if queue is None else queue, command=None, copy_mode=None,
+                                     flags=flags, flags_mask=mask, seq=self._next_seq()), "setting queue flags")
 
     # --- receiving ----------------------------------------------------------------
 
@@ -419,21 +432,23 @@ class NfQueue:
     # --- verdicts -----------------------------------------------------------------
 
     def verdict(self, packet_id: int, verdict: int = NF_ACCEPT, *, payload: bytes | None = None,
-                mark: int | None = None) -> None:
+                mark: int | None = None, queue: int | None = None) -> None:
+        number = self.number if queue is None else queue
         if payload is None:
-            template = self._verdict_template if mark is None else self._verdict_mark_template
+            template = self._templates[(number, mark is not None)]
             o = self._reserve(len(template))
             self._out[o:o + len(template)] = template
             VERDICT_HDR.pack_into(self._out, o + HEADER_LEN + NLATTR.size, verdict, packet_id)
             if mark is not None:
                 BE32.pack_into(self._out, o + len(template) - 4, mark)
         else:
-            msg = verdict_message(self.number, packet_id, verdict, payload=payload, mark=mark)
+            msg = verdict_message(number, packet_id, verdict, payload=payload, mark=mark)
             o = self._reserve(len(msg))
             self._out[o:o + len(msg)] = msg
 
-    def verdict_batch(self, max_id: int, verdict: int = NF_ACCEPT, *, mark: int | None = None) -> None:
-        msg = batch_verdict_message(self.number, max_id, verdict, mark=mark)
+    def verdict_batch(self, max_id: int, verdict: int = NF_ACCEPT, *, mark: int | None = None,
+                      queue: int | None = None) -> None:
+        msg = batch_verdict_message(self.number if queue is None else queue, max_id, verdict, mark=mark)
         o = self._reserve(len(msg))
         self._out[o:o + len(msg)] = msg
 
@@ -460,7 +475,8 @@ class NfQueue:
             return
         try:
             self.flush()
-            self.sock.send(config_message(self.number, command=NFQNL_CFG_CMD_UNBIND, copy_mode=None, ack=False))
+            for number in self.numbers:
+                self.sock.send(config_message(number, command=NFQNL_CFG_CMD_UNBIND, copy_mode=None, ack=False))
         except OSError:
             pass  # closing the socket unbinds too
         self.sock.close()

@@ -57,24 +57,42 @@ from . import nfqueue as nfq
 
 # The mark the daemon puts on the copies it sends, and that the queue rule skips ("LC").
 BYPASS_MARK = 0x4C43
+NEW_QUEUE_OFFSET = 0x8000  # queue N's unconfirmed-conntrack packets come on queue N + this
 DEFAULT_LIMIT = 10000
 BURST = 64   # datagrams read before the timer and the verdicts get a turn
 DISTRIBUTIONS = ("uniform", "normal")
 
 
-def queue_rule(interface: str, queue: int, bypass_mark: int = BYPASS_MARK, *, action: str = "-A") -> list[str]:
-    """The iptables argv that feeds packets leaving ``interface`` to the shaper on ``queue``.
+def new_queue_of(queue: int) -> int:
+    """The second queue a shaper on ``queue`` binds: packets whose conntrack entry is unconfirmed."""
+    if not 0 <= queue < NEW_QUEUE_OFFSET:
+        raise ValueError(f"shaper queue numbers are 0..{NEW_QUEUE_OFFSET - 1}, not {queue}")
+    return queue + NEW_QUEUE_OFFSET
+
+
+def queue_rules(interface: str, queue: int, bypass_mark: int = BYPASS_MARK, *, action: str = "-A") -> list[list[str]]:
+    """The iptables argvs, in order, that feed packets leaving ``interface`` to the shaper on ``queue``.
 
     In mangle/POSTROUTING the kernel has routed the packet and decremented its TTL, and the
     verdict only decides when (and whether) it leaves. ``--queue-bypass`` lets packets through
     unshaped while no shaper is bound; the mark match lets the shaper's own copies out.
-    Use ``action="-D"`` for the argv that removes the rule.
+
+    Two rules, because conntrack confirms a new flow's entry only after POSTROUTING: while a
+    flow's first packet is held, each later packet of the flow gets an unconfirmed entry of
+    its own, and the kernel drops it on release (insert_failed) once the first one confirmed
+    the flow. Such packets go to the second queue (``new_queue_of(queue)``), where the shaper
+    can tell them apart and, when needed, send them through its raw socket instead.
+
+    ``action="-D"`` gives the argvs that remove them; ``"-I"`` is handled so the order still holds.
     """
     if action not in ("-A", "-I", "-D", "-C"):
         raise ValueError(f"action {action!r} is not one of -A, -I, -D, -C")
-    return ["iptables", "-w", "-t", "mangle", action, "POSTROUTING", "-o", interface,
-            "-m", "mark", "!", "--mark", hex(bypass_mark),
-            "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+    head = ["iptables", "-w", "-t", "mangle", action, "POSTROUTING", "-o", interface,
+            "-m", "mark", "!", "--mark", hex(bypass_mark)]
+    rules = [head + ["-m", "conntrack", "!", "--ctstatus", "CONFIRMED",
+                     "-j", "NFQUEUE", "--queue-num", str(new_queue_of(queue)), "--queue-bypass"],
+             head + ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]]
+    return rules[::-1] if action == "-I" else rules
 
 
 # --- configuration ---------------------------------------------------------------
@@ -222,6 +240,26 @@ def flip_bit(packet: bytes, rng: random.Random) -> bytes | None:
 
 # --- the daemon ----------------------------------------------------------------------
 
+NEW = 1 << 32   # tag bit: the packet came from the unconfirmed-conntrack queue
+PID = 0xFFFFFFFF
+
+
+def flow_key(packet: bytes) -> bytes | None:
+    """Enough of a conntrack tuple to tell flows apart: addresses, protocol, ports or ICMP type and id."""
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    proto = packet[9]
+    l4 = packet[ihl:ihl + 8]
+    if proto in (6, 17, 33, 132, 136):   # TCP, UDP, DCCP, SCTP, UDP-Lite: ports
+        ident = l4[0:4]
+    elif proto == 1:                     # ICMP: type and echo id
+        ident = l4[0:1] + l4[4:6]
+    else:
+        ident = b""
+    return packet[12:20] + bytes((proto,)) + ident
+
+
 @dataclass
 class Stats:
     seen: int = 0
@@ -231,18 +269,22 @@ class Stats:
     corrupted: int = 0
     reordered: int = 0     # sent at once past delayed packets
     delayed: int = 0       # held for a delay > 0
+    resent: int = 0        # sent through the raw socket to dodge a conntrack clash (see queue_rules)
     overruns: int = 0      # ENOBUFS: packets the kernel could not hand us
     verdict_errors: int = 0
-    duplicate_errors: int = 0
+    send_errors: int = 0
     reloads: int = 0
     reload_errors: int = 0
 
 
 class Shaper:
-    def __init__(self, queue: nfq.NfQueue, imp: Impairment, rng: random.Random, *, config_file: str | None = None,
-                 stats_file: str | None = None, bypass_mark: int = BYPASS_MARK, seed: int | None = None,
-                 log=None):
+    """The per-packet engine. Packets are named by a tag: the packet id, with NEW set for the second queue."""
+
+    def __init__(self, queue: nfq.NfQueue, imp: Impairment, rng: random.Random, *, new_queue: int | None = None,
+                 config_file: str | None = None, stats_file: str | None = None, bypass_mark: int = BYPASS_MARK,
+                 seed: int | None = None, log=None):
         self.queue = queue
+        self.new_queue = new_queue
         self.imp = imp
         self.rng = rng
         self.fates = Fates(imp, rng)
@@ -254,11 +296,16 @@ class Shaper:
         self.started = time.monotonic()
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.heap: list[tuple[float, int]] = []
-        self.held_order: deque[int] = deque()   # held ids in arrival (= id) order, for batch verdicts
+        self.held_order: deque[int] = deque()   # held main-queue ids in arrival (= id) order, for batch verdicts
         self.gone: set[int] = set()             # held ids released out of that order
-        self.mangled: dict[int, bytes] = {}     # id -> corrupted packet to hand back
-        self.copies: dict[int, bytes] = {}      # id -> packet to duplicate on release
-        self.sends: list[int] = []              # ids to accept at the next flush, in order
+        self.mangled: dict[int, bytes] = {}     # tag -> corrupted packet to hand back
+        self.copies: dict[int, bytes] = {}      # tag -> packet to duplicate on release
+        self.fresh: dict[int, tuple[bytes, bytes]] = {}   # tag -> (flow, packet) of unconfirmed-conntrack packets
+        self.fresh_pending: dict[bytes, int] = {}         # flow -> such packets not yet released
+        self.fresh_confirmed: set[bytes] = set()          # flows one of them has confirmed since
+        self.resend: dict[int, bytes] = {}      # tag -> packet to send through the raw socket instead
+        self.sends: list[int] = []              # tags to let go at the next flush, in order
+        self.special = False                    # sends hold a tag that needs more than a plain accept
         self.drops: list[int] = []
         self.out_copies: list[bytes] = []
         self.raw: socket.socket | None = None
@@ -299,12 +346,15 @@ class Shaper:
         try:
             with open(self.config_file) as fh:
                 imp = read_config(fh.read(), self.config_file)
+            if imp.limit != self.imp.limit:
+                for number in self.queue.numbers:
+                    self.queue.set_maxlen(imp.limit, number)
+            if imp.duplicate_pct:
+                self._raw_socket()
         except (OSError, ConfigError) as exc:
             self.stats.reload_errors += 1
             self.log(f"shaper: keeping the current config: {exc}")
             return
-        if imp.limit != self.imp.limit:
-            self.queue.set_maxlen(imp.limit)
         self.imp = imp
         self.fates = Fates(imp, self.rng)
         self.stats.reloads += 1
@@ -315,9 +365,10 @@ class Shaper:
     def snapshot(self) -> dict:
         self.stats.overruns = self.queue.overruns
         self.stats.verdict_errors = self.queue.verdict_errors
-        return {"ok": True, "queue": self.queue.number, "pid": os.getpid(), "seed": self.seed,
-                "uptime_s": round(time.monotonic() - self.started, 3), "held": len(self.heap),
-                **asdict(self.stats), "config": asdict(self.imp), "kernel": nfq.kernel_counters(self.queue.number)}
+        kernel = {str(n): nfq.kernel_counters(n) for n in self.queue.numbers}
+        return {"ok": True, "queue": self.queue.number, "new_queue": self.new_queue, "pid": os.getpid(),
+                "seed": self.seed, "uptime_s": round(time.monotonic() - self.started, 3), "held": len(self.heap),
+                **asdict(self.stats), "config": asdict(self.imp), "kernel": kernel}
 
     def write_stats(self) -> dict:
         self.want_stats = False
@@ -330,93 +381,160 @@ class Shaper:
             os.replace(tmp, self.stats_file)
         return snap
 
-    # --- copies -------------------------------------------------------------------------
+    # --- the raw socket -----------------------------------------------------------------
 
     def _raw_socket(self) -> socket.socket:
         if self.raw is None:
             raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IPPROTO_RAW implies IP_HDRINCL
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.bypass_mark)
-            raw.setblocking(False)
             self.raw = raw
         return self.raw
 
-    def _send_copies(self) -> None:
-        raw = self._raw_socket()
-        for packet in self.out_copies:
-            try:
-                raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
-                self.stats.duplicated += 1
-            except OSError:
-                self.stats.duplicate_errors += 1
-        self.out_copies.clear()
+    def _send_raw(self, packet: bytes) -> bool:
+        try:
+            self._raw_socket().sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+            return True
+        except OSError:
+            self.stats.send_errors += 1
+            return False
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- per packet -------------------------------------------------------------------------
 
-    def _packet_extras(self, buf, start: int, end: int, pid: int, duplicate: bool, corrupt: bool) -> None:
-        lo, hi, truncated = nfq.payload_bounds(buf, start, end)
-        if hi <= lo or truncated:
-            return  # a truncated copy cannot be handed back whole, nor duplicated
-        packet = bytes(buf[lo:hi])
-        if duplicate and packet[0] >> 4 == 4:
-            self.copies[pid] = packet
-        if corrupt:
-            changed = flip_bit(packet, self.rng)
-            if changed is not None:
-                self.mangled[pid] = changed
-                self.stats.corrupted += 1
-
-    def _release(self, pid: int) -> None:
-        self.sends.append(pid)
-        held = self.held_order
-        if held and held[0] == pid:
-            held.popleft()
-            gone = self.gone
-            while held and held[0] in gone:
-                gone.remove(held.popleft())
+    def _arrive(self, buf, start: int, end: int, tag: int, now: float, fates: Fates) -> None:
+        """A packet's fate, the general way (the run loop inlines the constant-delay case)."""
+        stats = self.stats
+        stats.seen += 1
+        if fates.constant:
+            drop, delay, duplicate, corrupt, reordered = False, fates.delay, False, False, False
         else:
-            self.gone.add(pid)
+            drop, delay, duplicate, corrupt, reordered = fates.next()
+        if drop:
+            stats.dropped += 1
+            self.drops.append(tag)
+            return
+        if duplicate or corrupt or tag & NEW:
+            lo, hi, truncated = nfq.payload_bounds(buf, start, end)
+            # A truncated copy can be neither handed back nor sent again whole.
+            if hi > lo and not truncated:
+                packet = bytes(buf[lo:hi])
+                if duplicate and packet[0] >> 4 == 4:
+                    self.copies[tag] = packet
+                if corrupt:
+                    changed = flip_bit(packet, self.rng)
+                    if changed is not None:
+                        self.mangled[tag] = changed
+                        stats.corrupted += 1
+                if tag & NEW and (flow := flow_key(packet)) is not None:
+                    self.fresh[tag] = (flow, packet)
+                    self.fresh_pending[flow] = self.fresh_pending.get(flow, 0) + 1
+        if reordered:
+            stats.reordered += 1
+        if delay > 0:
+            stats.delayed += 1
+            heapq.heappush(self.heap, (now + delay, tag))
+            if not tag & NEW:
+                self.held_order.append(tag)
+        else:
+            self._let_go(tag, held=False)
+
+    def _let_go(self, tag: int, held: bool = True) -> None:
+        """Queue a packet's release for the next flush."""
+        if held and not tag & NEW:
+            order = self.held_order
+            if order and order[0] == tag:
+                order.popleft()
+                gone = self.gone
+                while order and order[0] in gone:
+                    gone.remove(order.popleft())
+            else:
+                self.gone.add(tag)
+        if tag & NEW:
+            self.special = True
+            fresh = self.fresh.pop(tag, None)
+            if fresh is not None:
+                # Its conntrack entry was unconfirmed when it was queued. If another packet of the
+                # flow has confirmed one since, the kernel would drop this one at confirmation
+                # (insert_failed): send its bytes through the raw socket instead, which finds
+                # the confirmed entry.
+                flow, packet = fresh
+                if flow in self.fresh_confirmed:
+                    self.resend[tag] = self.mangled.pop(tag, packet)
+                else:
+                    self.fresh_confirmed.add(flow)
+                left = self.fresh_pending[flow] - 1
+                if left:
+                    self.fresh_pending[flow] = left
+                else:
+                    del self.fresh_pending[flow]
+                    self.fresh_confirmed.discard(flow)
+        elif self.mangled and tag in self.mangled:
+            self.special = True
+        self.sends.append(tag)
         if self.copies:
-            copy = self.copies.pop(pid, None)
+            copy = self.copies.pop(tag, None)
             if copy is not None:
                 self.out_copies.append(copy)
 
     def _flush(self) -> None:
         q = self.queue
-        for pid in self.drops:
-            q.verdict(pid, nfq.NF_DROP)
+        main, new = q.number, self.new_queue
+        for tag in self.drops:
+            q.verdict(tag & PID, nfq.NF_DROP, queue=new if tag & NEW else main)
         self.drops.clear()
         sends = self.sends
         if sends:
             self.stats.delivered += len(sends)
-            top = sends[-1]
-            held = self.held_order
-            batch = not self.mangled or not any(pid in self.mangled for pid in sends)
-            if batch and held and not nfq.id_after(held[0], top):
-                batch = False
-            if batch:
-                after = nfq.id_after
-                prev = sends[0]
-                for pid in sends[1:]:
-                    if not after(pid, prev):
-                        batch = False
-                        break
-                    prev = pid
-            if batch:
-                # Everything we hold has a later id: one message accepts them all.
-                q.verdict_batch(top)
+            if not self.special:
+                self._accept_plain(sends)
             else:
-                mangled = self.mangled
-                for pid in sends:
-                    q.verdict(pid, nfq.NF_ACCEPT, payload=mangled.pop(pid, None) if mangled else None)
+                # In release order: a resent packet must leave after the accepts before it.
+                mangled, resend = self.mangled, self.resend
+                for tag in sends:
+                    number = new if tag & NEW else main
+                    packet = resend.pop(tag, None) if resend else None
+                    if packet is None:
+                        q.verdict(tag & PID, nfq.NF_ACCEPT, payload=mangled.pop(tag, None) if mangled else None,
+                                  queue=number)
+                    else:
+                        q.verdict(tag & PID, nfq.NF_DROP, queue=number)
+                        q.flush()
+                        if self._send_raw(packet):
+                            self.stats.resent += 1
+                self.special = False
             sends.clear()
         q.flush()
         if self.out_copies:
-            self._send_copies()
+            for packet in self.out_copies:
+                if self._send_raw(packet):
+                    self.stats.duplicated += 1
+            self.out_copies.clear()
+
+    def _accept_plain(self, sends: list[int]) -> None:
+        q = self.queue
+        top = sends[-1]
+        held = self.held_order
+        # One batch verdict accepts every queued id up to top: only right when all we still
+        # hold came later, and when these go in id order anyway.
+        batch = not held or nfq.id_after(held[0], top)
+        if batch:
+            after = nfq.id_after
+            prev = sends[0]
+            for pid in sends[1:]:
+                if not after(pid, prev):
+                    batch = False
+                    break
+                prev = pid
+        if batch:
+            q.verdict_batch(top)
+        else:
+            for pid in sends:
+                q.verdict(pid)
+
+    # --- the loop --------------------------------------------------------------------------
 
     def run(self, wake: socket.socket) -> None:
         q = self.queue
         sock = q.sock
-        fd = sock.fileno()
         buf = bytearray(nfq.NfQueue.RECV_SIZE)
         recv_into = sock.recv_into
         heap = self.heap
@@ -425,16 +543,17 @@ class Shaper:
         unpack_head = nfq.NLMSGHDR.unpack_from
         packet_id = nfq.packet_id
         packet_type = nfq.msg_type(nfq.NFQNL_MSG_PACKET)
+        main_hi, main_lo = q.number >> 8, q.number & 0xFF
         stats = self.stats
         sends, drops, held_order = self.sends, self.drops, self.held_order
-        waiting = [fd, wake.fileno()]
+        wake_fd = wake.fileno()
+        waiting = [sock.fileno(), wake_fd]
         drained = True
 
-        # Packets that came while we were binding.
-        while q._backlog:
-            data = q._backlog.pop(0)
+        for data in q._backlog:  # packets that came while we were binding
             buf[:len(data)] = data
             self._take(buf, len(data), monotonic())
+        q._backlog.clear()
 
         while not self.stopping:
             if self.want_reload:
@@ -442,12 +561,10 @@ class Shaper:
             if self.want_stats:
                 self.write_stats()
             if drained:
-                timeout = None
-                if heap:
-                    timeout = heap[0][0] - monotonic()
+                timeout = heap[0][0] - monotonic() if heap else None
                 if timeout is None or timeout > 0:
                     ready, _, _ = select.select(waiting, [], [], timeout)
-                    if wake.fileno() in ready:
+                    if wake_fd in ready:
                         try:
                             wake.recv(512)
                         except BlockingIOError:
@@ -468,67 +585,44 @@ class Shaper:
                     raise
                 now = monotonic()
                 length, kind = unpack_head(buf, 0)[:2]
-                if kind != packet_type or length != n:
+                if not fates.constant or kind != packet_type or length != n or buf[18] != main_hi or buf[19] != main_lo:
                     self._take(buf, n, now)
                     continue
-                # The common case, inline: one packet message.
-                pid = packet_id(buf, 0)
+                # The common case, inline: one main-queue packet, every packet delayed alike.
                 stats.seen += 1
-                if fates.constant:
-                    delay = fates.delay
-                    if delay:
-                        stats.delayed += 1
-                        heappush(heap, (now + delay, pid))
-                        held_order.append(pid)
-                    else:
-                        sends.append(pid)
-                    continue
-                self._decide(buf, 0, n, pid, now, fates)
+                pid = packet_id(buf, 0)
+                delay = fates.delay
+                if delay:
+                    stats.delayed += 1
+                    heappush(heap, (now + delay, pid))
+                    held_order.append(pid)
+                else:
+                    sends.append(pid)
             now = monotonic()
             while heap and heap[0][0] <= now:
-                self._release(heappop(heap)[1])
+                self._let_go(heappop(heap)[1])
             if sends or drops:
                 self._flush()
 
         # Stopping: every held packet leaves now, in due order.
         while heap:
-            self._release(heappop(heap)[1])
+            self._let_go(heappop(heap)[1])
         self._flush()
 
     def _take(self, buf, n: int, now: float) -> None:
         """Every message of a datagram, the general way."""
+        packet_type = nfq.msg_type(nfq.NFQNL_MSG_PACKET)
         for kind, _flags, start, end in nfq.messages(buf, n):
-            if kind == nfq.msg_type(nfq.NFQNL_MSG_PACKET):
-                self.stats.seen += 1
-                pid = nfq.packet_id(buf, start)
-                self._decide(buf, start, end, pid, now, self.fates)
+            if kind == packet_type:
+                number = nfq.packet_queue(buf, start)
+                tag = nfq.packet_id(buf, start)
+                if number == self.new_queue:
+                    tag |= NEW
+                elif number != self.queue.number:
+                    continue
+                self._arrive(buf, start, end, tag, now, self.fates)
             elif kind == nfq.NLMSG_ERROR:
                 self.queue.note_error(buf, start)
-
-    def _decide(self, buf, start: int, end: int, pid: int, now: float, fates: Fates) -> None:
-        stats = self.stats
-        if fates.constant:
-            drop, delay, duplicate, corrupt, reordered = False, fates.delay, False, False, False
-        else:
-            drop, delay, duplicate, corrupt, reordered = fates.next()
-        if drop:
-            stats.dropped += 1
-            self.drops.append(pid)
-            return
-        if duplicate or corrupt:
-            self._packet_extras(buf, start, end, pid, duplicate, corrupt)
-        if reordered:
-            stats.reordered += 1
-        if delay > 0:
-            stats.delayed += 1
-            heapq.heappush(self.heap, (now + delay, pid))
-            self.held_order.append(pid)
-        else:
-            # Immediate: it does not enter held_order, so _release must not look for it there.
-            self.sends.append(pid)
-            copy = self.copies.pop(pid, None) if self.copies else None
-            if copy is not None:
-                self.out_copies.append(copy)
 
     def close(self) -> None:
         if self.raw is not None:

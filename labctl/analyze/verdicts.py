@@ -268,7 +268,28 @@ def _judge_data(view: RunView, spec: dict) -> dict:
             "evidence": [_step_evidence(record)] if record else []}
 
 
-JUDGES = {"segments": _judge_segments, "no_segments": _judge_no_segments, "states": _judge_states,
+def _judge_events(view: RunView, spec: dict) -> dict:
+    events = [e for e in read_jsonl(view.dir / "events.jsonl")
+              if e.get("event") == spec["event"] and (spec.get("node") is None or e.get("node") == spec["node"])]
+    where = f" on {spec['node']}" if spec.get("node") else ""
+    if not view.run.get("observers", {}).get("tracepoints"):
+        return {"description": f"{spec['event']} events{where}", "passed": False, "expected": "tracepoint events",
+                "observed": "tracepoints were not available on this host: " + str(view.run.get("observers", {}).get("tracepoints_unavailable")),
+                "evidence": []}
+    n, bounds, passed = len(events), [], True
+    for key, word, test in (("count", "exactly", lambda a, b: a == b), ("min", "at least", lambda a, b: a >= b), ("max", "at most", lambda a, b: a <= b)):
+        if spec.get(key) is not None:
+            bounds.append(f"{word} {spec[key]}")
+            passed &= test(n, spec[key])
+    if not bounds:
+        bounds, passed = ["at least 1"], n >= 1
+    return {"description": f"{' and '.join(bounds)} {spec['event']} events{where}", "passed": passed,
+            "expected": " and ".join(bounds), "observed": f"{n} seen",
+            "evidence": [{"kind": "event", "t": e["t"], "node": e.get("node"), "summary": f"{e['event']} {e['local']} -> {e['remote']} {e.get('state', '')}"}
+                         for e in events[:EVIDENCE_LIMIT]]}
+
+
+JUDGES = {"events": _judge_events, "segments": _judge_segments, "no_segments": _judge_no_segments, "states": _judge_states,
           "step": _judge_step, "data": _judge_data}
 
 

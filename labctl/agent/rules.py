@@ -1,0 +1,369 @@
+"""Deterministic packet rules in a node: drop, delay, duplicate, hold, release.
+
+A scenario step like "drop the client's final ACK" must hit exactly that
+packet, every run: rules match by direction, TCP flags, ports, relative
+sequence number, payload and context (``after`` another packet was seen),
+and act on the n-th match for ``count`` packets. No probabilities.
+
+Every TCP packet entering the node (mangle PREROUTING: forwarded or
+delivered) or leaving it from a local socket (mangle OUTPUT) goes through
+one NFQUEUE while rules exist. A held packet is either dropped and kept
+(``keep: packet``) or let through and copied (``keep: copy``); releasing
+sends the bytes again from a raw socket, optionally rewritten into the
+newest connection on the same 4-tuple (seq/ack shifted by the difference
+of the ISNs, timestamps option replaced by NOPs) with the TCP checksum
+recomputed. Everything done is written to rules.jsonl with the packet.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import select
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from . import nfqueue as nfq
+
+QUEUE_CHAIN = "LABCTL_RULES"
+# Copies and releases we send ourselves carry this mark, so they are not queued again.
+BYPASS_MARK = 0x4C52
+FLAGS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20), ("E", 0x40), ("C", 0x80))
+
+
+def flag_string(bits: int) -> str:
+    return "".join(letter for letter, bit in FLAGS if bits & bit)
+
+
+def flags_match(wanted: str | None, flags: str) -> bool:
+    if not wanted:
+        return True
+    exact = wanted.startswith("=")
+    letters = set(wanted.lstrip("=").replace(".", "A").upper())
+    return set(flags) == letters if exact else letters <= set(flags)
+
+
+class TcpPacket:
+    """The fields of an IPv4/TCP packet that rules look at."""
+
+    __slots__ = ("data", "ihl", "src", "dst", "sport", "dport", "seq", "ack", "flags", "doff", "payload_len")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.ihl = (data[0] & 0x0F) * 4
+        self.src = socket.inet_ntoa(data[12:16])
+        self.dst = socket.inet_ntoa(data[16:20])
+        self.sport, self.dport, self.seq, self.ack = struct.unpack_from("!HHII", data, self.ihl)
+        self.doff = (data[self.ihl + 12] >> 4) * 4
+        self.flags = flag_string(data[self.ihl + 13])
+        total = struct.unpack_from("!H", data, 2)[0]
+        self.payload_len = total - self.ihl - self.doff
+
+    @property
+    def payload(self) -> bytes:
+        return self.data[self.ihl + self.doff:]
+
+    def summary(self, tracker: "Connections | None" = None) -> dict:
+        record = {"src": f"{self.src}:{self.sport}", "dst": f"{self.dst}:{self.dport}", "flags": self.flags,
+                  "seq": self.seq, "ack": self.ack, "len": self.payload_len}
+        if tracker is not None:
+            record.update(tracker.relative(self))
+        return record
+
+
+def tcp_checksum(packet: bytearray, ihl: int) -> int:
+    total_len = struct.unpack_from("!H", packet, 2)[0]
+    segment = bytes(packet[ihl:total_len])
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
+    data = pseudo + segment + (b"\0" if len(segment) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def rewrite(data: bytes, *, seq_delta: int = 0, ack_delta: int = 0, strip_timestamps: bool = False) -> bytes:
+    """A copy of a packet with seq/ack moved and/or timestamps removed, TCP checksum fixed."""
+    packet = bytearray(data)
+    ihl = (packet[0] & 0x0F) * 4
+    seq, ack = struct.unpack_from("!II", packet, ihl + 4)
+    struct.pack_into("!II", packet, ihl + 4, (seq + seq_delta) % 2**32, (ack + ack_delta) % 2**32)
+    if strip_timestamps:
+        doff = (packet[ihl + 12] >> 4) * 4
+        i = ihl + 20
+        while i < ihl + doff:
+            kind = packet[i]
+            if kind == 0:
+                break
+            if kind == 1:
+                i += 1
+                continue
+            length = packet[i + 1]
+            if kind == 8:  # timestamps: NOPs keep the header length and every other option in place
+                packet[i:i + length] = b"\x01" * length
+            i += max(length, 2)
+    struct.pack_into("!H", packet, ihl + 16, 0)
+    struct.pack_into("!H", packet, ihl + 16, tcp_checksum(packet, ihl))
+    return bytes(packet)
+
+
+class Connections:
+    """ISNs per 4-tuple incarnation, learnt from the SYNs that pass."""
+
+    def __init__(self) -> None:
+        self.incarnations: dict[frozenset, list[dict]] = {}
+
+    def see(self, p: TcpPacket) -> None:
+        ends = frozenset({(p.src, p.sport), (p.dst, p.dport)})
+        if "S" in p.flags and "A" not in p.flags:
+            history = self.incarnations.setdefault(ends, [])
+            if not history or history[-1].get((p.src, p.sport)) != p.seq:
+                history.append({(p.src, p.sport): p.seq})
+        elif "S" in p.flags and "A" in p.flags:
+            history = self.incarnations.setdefault(ends, [{}])
+            history[-1].setdefault((p.src, p.sport), p.seq)
+
+    def incarnation_of(self, p: TcpPacket) -> tuple[int, dict] | None:
+        history = self.incarnations.get(frozenset({(p.src, p.sport), (p.dst, p.dport)}))
+        if not history:
+            return None
+        # The incarnation whose sequence space the packet lies in (closest ISN below its seq).
+        best = None
+        for index, isns in enumerate(history):
+            isn = isns.get((p.src, p.sport))
+            if isn is not None and (p.seq - isn) % 2**32 < 2**31:
+                if best is None or (p.seq - isn) % 2**32 < (p.seq - history[best].get((p.src, p.sport))) % 2**32:
+                    best = index
+        return (best, history[best]) if best is not None else (len(history) - 1, history[-1])
+
+    def relative(self, p: TcpPacket) -> dict:
+        found = self.incarnation_of(p)
+        if found is None:
+            return {}
+        index, isns = found
+        result = {"incarnation": index}
+        if (p.src, p.sport) in isns:
+            result["rel_seq"] = (p.seq - isns[(p.src, p.sport)]) % 2**32
+        if "A" in p.flags and (p.dst, p.dport) in isns:
+            result["rel_ack"] = (p.ack - isns[(p.dst, p.dport)]) % 2**32
+        return result
+
+    def newest(self, p: TcpPacket) -> dict | None:
+        history = self.incarnations.get(frozenset({(p.src, p.sport), (p.dst, p.dport)}))
+        return history[-1] if history else None
+
+
+def matches(spec: dict, p: TcpPacket, tracker: Connections) -> bool:
+    if spec.get("from") and p.src not in spec["from"]:
+        return False
+    if spec.get("to") and p.dst not in spec["to"]:
+        return False
+    if not flags_match(spec.get("flags"), p.flags):
+        return False
+    if spec.get("sport") is not None and p.sport != spec["sport"]:
+        return False
+    if spec.get("dport") is not None and p.dport != spec["dport"]:
+        return False
+    payload = spec.get("payload")
+    if payload is True and p.payload_len == 0 or payload is False and p.payload_len > 0:
+        return False
+    if isinstance(payload, str) and payload.encode() not in p.payload:
+        return False
+    if spec.get("seq") is not None and tracker.relative(p).get("rel_seq") != spec["seq"]:
+        return False
+    return True
+
+
+class Rule:
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.spec = spec
+        self.action = spec["action"]
+        self.armed = spec.get("after") is None  # an `after` context arms the rule when it passes
+        self.matched = 0
+        self.acted = 0
+        self.held: list[bytes] = []
+
+    def wants(self, p: TcpPacket, tracker: Connections) -> bool:
+        if not self.armed or not matches(self.spec, p, tracker):
+            return False
+        self.matched += 1
+        count = self.spec.get("count", 1)
+        if self.matched < self.spec.get("nth", 1) or (count and self.acted >= count):
+            return False
+        self.acted += 1
+        return True
+
+
+class RuleEngine(threading.Thread):
+    def __init__(self, log_path: Path, node: str, queue: int):
+        super().__init__(daemon=True, name="rules")
+        self.log = open(log_path, "a", buffering=1)
+        self.node = node
+        self.queue_number = queue
+        self.rules: dict[str, Rule] = {}
+        self.tracker = Connections()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.stopping = threading.Event()
+        self.delayed: list[tuple[float, int, int]] = []  # (due, seq, packet id)
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, BYPASS_MARK)
+        self.queue = nfq.NfQueue(queue, fail_open=True)
+        self._iptables("-N", QUEUE_CHAIN, check=False)
+        self._iptables("-F", QUEUE_CHAIN)
+        self._iptables("-A", QUEUE_CHAIN, "-m", "mark", "--mark", hex(BYPASS_MARK), "-j", "RETURN")
+        self._iptables("-A", QUEUE_CHAIN, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+        for chain in ("PREROUTING", "OUTPUT"):
+            self._iptables("-I", chain, "1", "-p", "tcp", "-j", QUEUE_CHAIN)
+
+    @staticmethod
+    def _iptables(*args: str, check: bool = True) -> None:
+        proc = subprocess.run(["iptables", "-w", "-t", "mangle", *args], capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
+
+    def record(self, rule: str, action: str, packet: dict, **extra) -> None:
+        self.log.write(json.dumps({"t": time.time(), "node": self.node, "rule": rule, "action": action, "packet": packet, **extra}) + "\n")
+
+    # --- the packet loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        buffer = bytearray(nfq.NfQueue.RECV_SIZE)
+        sequence = 0
+        while not self.stopping.is_set():
+            with self.lock:
+                wait = max(0.0, self.delayed[0][0] - time.monotonic()) if self.delayed else 0.05
+            ready, _, _ = select.select([self.queue.fileno()], [], [], min(wait, 0.05))
+            with self.lock:
+                now = time.monotonic()
+                while self.delayed and self.delayed[0][0] <= now:
+                    _, _, packet_id = heapq.heappop(self.delayed)
+                    self.queue.verdict(packet_id, nfq.NF_ACCEPT)
+                if ready:
+                    for packet in self.queue.packets(buffer):
+                        sequence += 1
+                        self._decide(packet, sequence)
+                self.queue.flush()
+                self.changed.notify_all()
+
+    def _decide(self, packet, sequence: int) -> None:
+        try:
+            p = TcpPacket(packet.payload)
+        except (struct.error, IndexError, OSError):
+            self.queue.verdict(packet.id, nfq.NF_ACCEPT)
+            return
+        self.tracker.see(p)
+        verdict, acted = nfq.NF_ACCEPT, False
+        for rule in list(self.rules.values()):
+            if acted and rule.action != "watch":
+                continue
+            if not rule.wants(p, self.tracker):
+                continue
+            summary = p.summary(self.tracker)
+            if rule.action == "watch":
+                self.record(rule.name, "watch", summary)
+                continue
+            acted = True
+            if rule.action == "drop":
+                verdict = nfq.NF_DROP
+            elif rule.action == "delay":
+                verdict = None
+                heapq.heappush(self.delayed, (time.monotonic() + rule.spec["delay"], sequence, packet.id))
+            elif rule.action == "duplicate":
+                self._send(p.data)
+            elif rule.action == "hold":
+                rule.held.append(p.data)
+                if rule.spec.get("keep", "packet") == "packet":
+                    verdict = nfq.NF_DROP
+            self.record(rule.name, rule.action, summary, **({"delay": rule.spec["delay"]} if rule.action == "delay" else {}))
+        # Arm context rules after deciding, so the packet that arms a rule is not its own target.
+        for rule in self.rules.values():
+            after = rule.spec.get("after")
+            if not rule.armed and after and matches(after, p, self.tracker):
+                rule.armed = True
+                self.record(rule.name, "armed", p.summary(self.tracker))
+        if verdict is not None:
+            self.queue.verdict(packet.id, verdict)
+
+    def _send(self, data: bytes) -> None:
+        self.raw.sendto(data, (socket.inet_ntoa(data[16:20]), 0))
+
+    # --- commands from the actor ------------------------------------------------------
+
+    def add(self, name: str, spec: dict) -> dict:
+        if spec.get("action") == "delay" and not spec.get("delay"):
+            raise ValueError("a delay rule needs a delay")
+        with self.lock:
+            self.rules[name] = Rule(name, spec)
+        return {"rule": name, "active": len(self.rules)}
+
+    def remove(self, name: str) -> dict:
+        with self.lock:
+            rule = self.rules.pop(name, None)
+        return {"removed": rule is not None, "acted": rule.acted if rule else 0}
+
+    def release(self, name: str, how: dict, copy: bool) -> dict:
+        with self.lock:
+            rule = self.rules.get(name)
+            if rule is None or not rule.held:
+                raise ValueError(f"rule {name} holds no packet")
+            packets = list(rule.held)
+            if not copy:
+                rule.held.clear()
+            sent = []
+            for data in packets:
+                original = TcpPacket(data)
+                seq_delta = ack_delta = 0
+                shift = how.get("seq")
+                if shift == "shift":
+                    old = self.tracker.incarnation_of(original)
+                    new = self.tracker.newest(original)
+                    if old is None or new is None:
+                        raise ValueError("no connection on this 4-tuple was seen, so there is nothing to shift into")
+                    mine, theirs = (original.src, original.sport), (original.dst, original.dport)
+                    seq_delta = new.get(mine, 0) - old[1].get(mine, 0)
+                    ack_delta = new.get(theirs, 0) - old[1].get(theirs, 0)
+                elif isinstance(shift, int):
+                    seq_delta = shift
+                out = rewrite(data, seq_delta=seq_delta, ack_delta=ack_delta, strip_timestamps=bool(how.get("strip_timestamps")))
+                self._send(out)
+                packet = TcpPacket(out)
+                summary = packet.summary(self.tracker)
+                self.record(name, "release", summary, original=original.summary(), rewritten=out != data)
+                sent.append(summary)
+            self.changed.notify_all()
+        return {"released": len(sent), "packets": sent}
+
+    def wait(self, name: str, count: int, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                rule = self.rules.get(name)
+                if rule is None:
+                    raise ValueError(f"no rule named {name}")
+                if rule.acted >= count:
+                    return {"acted": rule.acted}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"rule {name} acted {rule.acted} time(s), not {count}, within {timeout} s")
+                self.changed.wait(left)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=2)
+        with self.lock:
+            for _, _, packet_id in self.delayed:
+                self.queue.verdict(packet_id, nfq.NF_ACCEPT)
+            self.delayed.clear()
+        for chain in ("PREROUTING", "OUTPUT"):
+            self._iptables("-D", chain, "-p", "tcp", "-j", QUEUE_CHAIN, check=False)
+        self._iptables("-F", QUEUE_CHAIN, check=False)
+        self._iptables("-X", QUEUE_CHAIN, check=False)
+        self.queue.close()
+        self.raw.close()
+        self.log.close()
