@@ -90,7 +90,8 @@ def _print_verdicts(outcome) -> None:
     table.add_column("expectation")
     table.add_column("observed")
     for verdict in outcome.verdicts:
-        table.add_row("[green]ok[/green]" if verdict["passed"] else "[red]FAIL[/red]", escape(verdict["description"]),
+        title = (verdict["name"] + "\n") if verdict.get("name") else ""
+        table.add_row("[green]ok[/green]" if verdict["passed"] else "[red]FAIL[/red]", escape(title + verdict["description"]),
                       escape(verdict["observed"]))
         if not verdict["passed"]:
             for item in verdict["evidence"][:5]:

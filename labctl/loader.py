@@ -444,6 +444,19 @@ class LoadedScenario:
         return LabFileError(message, location=self.source.locate(path), hint=hint)
 
 
+class _Blank(jinja2.Undefined):
+    """An unknown name that is empty in every use, arithmetic included (first pass only)."""
+
+    def _blank(self, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+            "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__pos__", "__neg__", "__getitem__", "__call__",
+            "__lt__", "__le__", "__gt__", "__ge__", "__int__", "__float__", "__pow__", "__rpow__", "__getattr__"):
+    setattr(_Blank, _op, _Blank._blank)
+
+
 def scenario_files(lab_file: Path) -> dict[str, Path]:
     directory = lab_file.parent / SCENARIO_DIR
     if not directory.is_dir():
@@ -482,7 +495,7 @@ def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, st
     # First look, for the defaults and the matrix only: render leniently (unknown names are
     # empty, conditions false), so a file with {% if %} blocks still parses.
     try:
-        lenient = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.Undefined, autoescape=False)
+        lenient = jinja2.sandbox.SandboxedEnvironment(undefined=_Blank, autoescape=False)
         head = yaml.safe_load(lenient.from_string(text).render()) or {}
     except (yaml.YAMLError, jinja2.TemplateError):
         head = {}

@@ -137,10 +137,23 @@ class ScenarioRun:
         self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": verdicts})
         return RunResult(self.rundir.path, self.one.label, status, verdicts)
 
+    def _clean_slate(self) -> None:
+        """Sockets of an earlier run (TIME_WAIT ones included) would meet this run's connections
+        on the same 4-tuples. Destroyed on every node before any capture starts, since
+        destroying a connection sends an RST that the peer's capture would otherwise record."""
+        def reset(node) -> None:
+            self.engine.exec(self.plan.lab, node.name, ["ss", "-K", "-t", "state", "all"])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(reset, self.plan.nodes))
+        time.sleep(0.05)  # let the RSTs cross the lab before captures start
+
     def _start_actors(self) -> dict:
+        self._clean_slate()
+
         def start(node) -> tuple[str, dict]:
             config = {"node": node.name, "run_dir": self.node_dir, "interfaces": [i.name for i in node.interfaces],
-                      "reset": True, "addresses": self.addresses,
+                      "addresses": self.addresses,
                       # Rules need to see each connection's SYNs to number its sequence space.
                       "rules": any(step.kind == "rule" and step.node == node.name for step in self.one.scenario.steps)}
             session = ActorSession(self.engine, self.plan.lab, node.name, config,

@@ -112,10 +112,6 @@ class Actor:
 
     def start_observers(self) -> dict:
         started = {"captures": [], "sampler": False}
-        if self.config.get("reset"):
-            # A clean slate: sockets of an earlier run (TIME_WAIT ones included) would
-            # otherwise meet this run's connections on the same 4-tuples.
-            subprocess.run(["ss", "-K", "-t", "state", "all"], capture_output=True)
         for iface in self.config.get("interfaces", []):
             path = self.dir / "pcaps" / f"{self.node}-{iface}.pcap"
             # -U: write each packet as it comes, so a stopped node still leaves its capture.

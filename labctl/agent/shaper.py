@@ -3,9 +3,10 @@
     python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH)
                                    [--stats-file PATH] [--seed S] [--fail-open] [--bypass-mark M]
 
-An iptables rule (see ``queue_rule``) hands every packet leaving one
-interface to NFQUEUE N; this daemon decides each packet's fate and gives
-the kernel its verdict:
+Two iptables rules (see ``queue_rules``) hand every packet leaving one
+interface to NFQUEUE N, or N + 32768 while its conntrack entry is not yet
+confirmed; this daemon decides each packet's fate and gives the kernel its
+verdict:
 
 - delay: the verdict is held and issued at the due time (one heap, one
   timer loop on the monotonic clock), so the kernel itself still routes the
@@ -635,16 +636,17 @@ class Shaper:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m labctl.agent shaper",
                                      description="netem-like impairments on one NFQUEUE (userspace fallback).")
-    parser.add_argument("--queue", type=int, required=True, help="NFQUEUE number (0..65535)")
+    parser.add_argument("--queue", type=int, required=True,
+                        help=f"NFQUEUE number (0..{NEW_QUEUE_OFFSET - 1}); queue+{NEW_QUEUE_OFFSET} is bound too")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="impairment config as a JSON object")
     source.add_argument("--config-file", help="file holding the JSON config; re-read on SIGHUP")
     parser.add_argument("--stats-file", help="where to write stats JSON (when ready, on SIGUSR1 and on exit)")
     parser.add_argument("--seed", type=int, help="seed for every random decision (reproducible runs)")
     parser.add_argument("--fail-open", action="store_true",
-                        help="when the queue is full, pass packets unshaped instead of dropping them")
+                        help="when the queue is full, pass packets unshaped instead of dropping them (netem drops)")
     parser.add_argument("--bypass-mark", type=lambda s: int(s, 0), default=BYPASS_MARK,
-                        help=f"SO_MARK of duplicated copies; the queue rule must skip it (default {BYPASS_MARK:#x})")
+                        help=f"SO_MARK of the packets the shaper sends itself; the queue rules skip it (default {BYPASS_MARK:#x})")
     return parser.parse_args(argv)
 
 
@@ -656,20 +658,26 @@ def main(argv: list[str]) -> dict:
                 imp = read_config(fh.read(), args.config_file)
         else:
             imp = read_config(args.config, "--config")
-    except (OSError, ConfigError) as exc:
+        new_queue = new_queue_of(args.queue)
+    except (OSError, ValueError) as exc:
         return {"ok": False, "error": str(exc)}
     try:
         queue = nfq.NfQueue(args.queue, maxlen=imp.limit, fail_open=args.fail_open)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         return {"ok": False, "error": str(exc)}
-    rng = random.Random(args.seed)
-    shaper = Shaper(queue, imp, rng, config_file=args.config_file, stats_file=args.stats_file,
-                    bypass_mark=args.bypass_mark, seed=args.seed)
+    shaper = Shaper(queue, imp, random.Random(args.seed), new_queue=new_queue, config_file=args.config_file,
+                    stats_file=args.stats_file, bypass_mark=args.bypass_mark, seed=args.seed)
+    try:
+        queue.bind(new_queue, maxlen=imp.limit, fail_open=args.fail_open)
+        # Copies and resent packets go out through it: fail now, not at the first one, without NET_RAW/NET_ADMIN.
+        shaper._raw_socket()
+    except OSError as exc:
+        shaper.close()
+        return {"ok": False, "error": str(exc)}
     wake = shaper.install_signals()
     try:
-        if imp.duplicate_pct:
-            shaper._raw_socket()  # fail now, not at the first duplicate, if NET_RAW/NET_ADMIN are missing
-        shaper.log(f"shaper: queue {args.queue} bound (portid {queue.portid}): config {json.dumps(asdict(imp))}")
+        shaper.log(f"shaper: queues {args.queue}+{new_queue} bound (portid {queue.portid}): "
+                   f"config {json.dumps(asdict(imp))}")
         shaper.write_stats()
         shaper.run(wake)
         return shaper.write_stats()

@@ -44,6 +44,17 @@ class Segment:
     rel_seq: int = 0
     rel_ack: int = 0
     retransmission: bool = False
+    # Filled in by classify() (the defaults keep older callers working):
+    wscale: int | None = None  # the window scale option, on SYN segments
+    duplicate_of: int | None = None  # a copy the network made of that transmission
+    dup_ack: bool = False
+    keepalive: bool = False
+    out_of_window: bool = False
+    rst: str = ""  # why an RST was sent: refused | reply | abort (see RST_KINDS)
+
+    @property
+    def duplicate(self) -> bool:
+        return self.duplicate_of is not None
 
     @property
     def key(self) -> tuple:
@@ -61,7 +72,9 @@ class Segment:
         return {"t": self.t, "at": f"{self.node}/{self.iface}", "src": f"{self.src}:{self.sport}", "dst": f"{self.dst}:{self.dport}",
                 "flags": self.flags, "seq": self.seq, "ack": self.ack, "rel_seq": self.rel_seq, "rel_ack": self.rel_ack,
                 "len": self.length, "ttl": self.ttl, "ip_id": self.ip_id, "transmission": self.transmission,
-                "connection": self.connection, "incarnation": self.incarnation, "retransmission": self.retransmission}
+                "connection": self.connection, "incarnation": self.incarnation, "retransmission": self.retransmission,
+                "window": self.window, "duplicate_of": self.duplicate_of, "dup_ack": self.dup_ack, "keepalive": self.keepalive,
+                "out_of_window": self.out_of_window, "rst": self.rst or None}
 
 
 def flag_string(bits: int) -> str:
@@ -100,12 +113,15 @@ def _decode(ts: float, frame: bytes, datalink: int, node: str, iface: str) -> Se
         return None
     tcp = ip.data
     timestamps = None
+    wscale = None
     for kind, value in dpkt.tcp.parse_opts(tcp.opts):
         if kind == dpkt.tcp.TCP_OPT_TIMESTAMP and len(value) == 8:
             timestamps = (int.from_bytes(value[:4], "big"), int.from_bytes(value[4:], "big"))
+        elif kind == dpkt.tcp.TCP_OPT_WSCALE and len(value) == 1:
+            wscale = min(value[0], 14)  # RFC 7323 2.3: larger shifts are taken as 14
     return Segment(ts, node, iface, socket.inet_ntoa(ip.src), tcp.sport, socket.inet_ntoa(ip.dst), tcp.dport,
                    flag_string(tcp.flags), tcp.seq, tcp.ack, len(tcp.data), ip.id, ip.ttl, tcp.win, bytes(tcp.data[:256]),
-                   timestamps)
+                   timestamps, wscale=wscale)
 
 
 @dataclass
@@ -124,11 +140,21 @@ class Connection:
 def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
     """Number transmissions, split 4-tuples into incarnations, relative seq/ack, retransmissions."""
     segments.sort(key=lambda s: (s.t, s.node))
-    transmissions: dict[tuple, int] = {}
+    # The same bytes seen at another capture point are the same transmission (a hop changes
+    # only TTL and checksum). Seen again at a capture point that already saw them, they are a
+    # new transmission: a duplicate, or an old segment replayed.
+    groups: dict[tuple, list[tuple[int, set]]] = {}
+    count = 0
     for segment in segments:
-        # The same packet seen at another hop; a later one with the same key (e.g. a duplicate
-        # made by an impairment) within the same second is still the same transmission.
-        segment.transmission = transmissions.setdefault(segment.key, len(transmissions))
+        point = (segment.node, segment.iface)
+        candidates = groups.setdefault(segment.key, [])
+        group = next((g for g in candidates if point not in g[1]), None)
+        if group is None:
+            group = (count, set())
+            count += 1
+            candidates.append(group)
+        group[1].add(point)
+        segment.transmission = group[0]
     connections: dict[frozenset, list[Connection]] = {}
     result: list[Connection] = []
     first_at: dict[int, Segment] = {}
@@ -181,6 +207,7 @@ def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
         peer_isn = connection.isn.get((segment.dst, segment.dport))
         segment.rel_ack = (segment.ack - peer_isn) % 2**32 if peer_isn is not None and "A" in segment.flags else 0
         segment.retransmission = segment.transmission in retransmitted
+    classify(segments)
     return segments, result
 
 
