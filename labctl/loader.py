@@ -501,7 +501,8 @@ def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, st
         head = {}
     defaults = head.get("params") or {} if isinstance(head, dict) else {}
     matrix = head.get("matrix") or {} if isinstance(head, dict) else {}
-    keys = list(matrix) if isinstance(matrix, dict) else []
+    # A parameter given with -p fixes that axis of the matrix.
+    keys = [k for k in matrix if k not in overrides] if isinstance(matrix, dict) else []
     points = [dict(zip(keys, values)) for values in product(*(matrix[k] if isinstance(matrix[k], list) else [matrix[k]] for k in keys))] or [{}]
     result = []
     for point in points:

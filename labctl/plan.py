@@ -154,7 +154,9 @@ def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str]) -> dic
         subnets[link.name] = link.subnet
         taken[link.subnet] = f"link {link.name}"
     pool = subnet_pool(lab)
-    candidates = pool.subnets(new_prefix=POOL_PREFIX) if pool.prefixlen <= POOL_PREFIX else iter([pool])
+    # From the top of the pool down: built-in labs write fixed subnets near its bottom
+    # (10.250.1.0/24, ...), so a pool lab up at the same time does not take them.
+    candidates = reversed(list(pool.subnets(new_prefix=POOL_PREFIX))) if pool.prefixlen <= POOL_PREFIX else iter([pool])
     for i, link in enumerate(lab.links):
         if link.subnet is not None:
             continue

@@ -290,7 +290,7 @@ class ScenarioRun:
             return self._call(node, "kill_socket", args, 10, step)
         if kind == "exec":
             spec = {"cmd": action} if isinstance(action, str) else action.model_dump()
-            return self._call(node, "exec", spec, spec.get("timeout", 30.0), step)
+            return self._call(node, "exec", {**spec, "name": step.as_}, spec.get("timeout", 30.0), step)
         if kind == "rule":
             rule = action.model_dump(by_alias=True)
             rule["from"] = self._addresses_of(action.from_)

@@ -120,15 +120,16 @@ NO_SUBNETS = """
     """
 
 
-def test_the_pool_hands_out_its_first_free_slash_24s_in_link_order():
+def test_the_pool_hands_out_its_last_free_slash_24s_in_link_order():
+    # From the top down, away from the fixed subnets built-in labs write near the bottom.
     p = plan(NO_SUBNETS)
-    assert [str(link.subnet) for link in p.links] == ["10.250.0.0/24", "10.250.1.0/24"]
+    assert [str(link.subnet) for link in p.links] == ["10.250.255.0/24", "10.250.254.0/24"]
 
 
 def test_the_pool_skips_subnets_other_networks_hold():
-    in_use = {IPv4Network("10.250.0.0/24"): "othernet", IPv4Network("10.250.1.128/25"): "thirdnet"}
+    in_use = {IPv4Network("10.250.255.0/24"): "othernet", IPv4Network("10.250.254.128/25"): "thirdnet"}
     p = plan(NO_SUBNETS, in_use)
-    assert [str(link.subnet) for link in p.links] == ["10.250.2.0/24", "10.250.3.0/24"]
+    assert [str(link.subnet) for link in p.links] == ["10.250.253.0/24", "10.250.252.0/24"]
 
 
 def test_the_pool_skips_a_subnet_the_lab_itself_gives_to_a_later_link():
@@ -140,10 +141,10 @@ def test_the_pool_skips_a_subnet_the_lab_itself_gives_to_a_later_link():
           server: {}
         links:
           - {name: left, endpoints: [client, router]}
-          - {name: right, endpoints: [router, server], subnet: 10.250.0.0/24}
+          - {name: right, endpoints: [router, server], subnet: 10.250.255.0/24}
         """)
-    assert str(p.link("left").subnet) == "10.250.1.0/24"
-    assert str(p.link("right").subnet) == "10.250.0.0/24"
+    assert str(p.link("left").subnet) == "10.250.254.0/24"
+    assert str(p.link("right").subnet) == "10.250.255.0/24"
 
 
 def test_the_same_lab_and_networks_in_use_give_the_same_plan():

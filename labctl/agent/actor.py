@@ -98,6 +98,7 @@ class Actor:
         self.sockets: dict[str, socket.socket] = {}
         self.background: dict[str, threading.Thread] = {}
         self.processes: list[subprocess.Popen] = []
+        self.programs: dict[str, subprocess.Popen] = {}  # background exec steps by name
         self.captures: list[subprocess.Popen] = []
         self.out_lock = threading.Lock()
         self.sampler: Sampler | None = None
@@ -313,12 +314,14 @@ class Actor:
 
     # --- node -----------------------------------------------------------------------
 
-    def op_exec(self, cmd, timeout=30.0, background=False, expect_exit=0):
+    def op_exec(self, cmd, timeout=30.0, background=False, expect_exit=0, name=None):
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if background:
-            log = open(self.dir / f"exec-{len(self.processes)}.log", "wb")
+            log = open(self.dir / f"exec-{name or len(self.processes)}.log", "wb")
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             self.processes.append(proc)
+            if name:
+                self.programs[name] = proc
             return {"pid": proc.pid, "log": log.name}
         proc = subprocess.run(argv, capture_output=True, timeout=timeout)
         result = {"returned": proc.returncode, "stdout": proc.stdout.decode(errors="replace")[-4000:],
@@ -359,6 +362,15 @@ class Actor:
         raise error
 
     def op_wait_step(self, step, timeout=10.0):
+        program = self.programs.get(step)
+        if program is not None:
+            try:
+                code = program.wait(timeout)
+            except subprocess.TimeoutExpired:
+                error = StepFailed(f"program {step} still running after {timeout} s")
+                error.errno_name = "TIMEOUT"
+                raise error from None
+            return {"returned": code}
         thread = self.background.get(step)
         if thread is None:
             raise StepFailed(f"no background step named {step}")

@@ -241,6 +241,7 @@ def flip_bit(packet: bytes, rng: random.Random) -> bytes | None:
 
 # --- the daemon ----------------------------------------------------------------------
 
+DEBUG = [0.0] if os.environ.get("DEBUG_LATE") else None
 NEW = 1 << 32   # tag bit: the packet came from the unconfirmed-conntrack queue
 PID = 0xFFFFFFFF
 
@@ -549,6 +550,11 @@ class Shaper:
         sends, drops, held_order = self.sends, self.drops, self.held_order
         wake_fd = wake.fileno()
         waiting = [sock.fileno(), wake_fd]
+        spin = float(os.environ.get("SPIN_MS", "0")) / 1000
+        if os.environ.get("NOGC"):
+            import gc
+            gc.freeze()
+            gc.disable()
         drained = True
 
         for data in q._backlog:  # packets that came while we were binding
@@ -562,9 +568,9 @@ class Shaper:
             if self.want_stats:
                 self.write_stats()
             if drained:
-                timeout = heap[0][0] - monotonic() if heap else None
-                if timeout is None or timeout > 0:
-                    ready, _, _ = select.select(waiting, [], [], timeout)
+                timeout = heap[0][0] - monotonic() - spin if heap else None
+                if timeout is None or timeout > 0 or spin:
+                    ready, _, _ = select.select(waiting, [], [], timeout if timeout is None or timeout > 0 else 0)
                     if wake_fd in ready:
                         try:
                             wake.recv(512)
@@ -601,6 +607,7 @@ class Shaper:
                     sends.append(pid)
             now = monotonic()
             while heap and heap[0][0] <= now:
+                if DEBUG: DEBUG.append(now - heap[0][0])
                 self._let_go(heappop(heap)[1])
             if sends or drops:
                 self._flush()
@@ -680,6 +687,9 @@ def main(argv: list[str]) -> dict:
                    f"config {json.dumps(asdict(imp))}")
         shaper.write_stats()
         shaper.run(wake)
+        if DEBUG:
+            d = sorted(DEBUG); q = lambda p: d[int(p * (len(d) - 1))] * 1000
+            shaper.log(f"DEBUG release lateness ms: n={len(d)} p50={q(.5):.3f} p90={q(.9):.3f} p99={q(.99):.3f} max={q(1):.3f}")
         return shaper.write_stats()
     finally:
         shaper.close()

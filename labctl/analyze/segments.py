@@ -224,3 +224,111 @@ def load_segments(run_dir: Path, nodes: dict) -> tuple[list[Segment], list[Conne
             if path.exists():
                 segments.extend(read_capture(path, node, iface))
     return analyze(segments)
+
+
+RST_KINDS = {
+    "refused": "answers a SYN: nothing listens on that port (RFC 9293 3.10.7.1)",
+    "reply": "answers a segment for a connection the sender no longer has, or data after close (RFC 9293 3.5.2)",
+    "abort": "the sender aborted its connection: SO_LINGER 0, unread data at close(), or a killed socket (RFC 9293 3.10.5)",
+}
+
+
+@dataclass
+class _Direction:
+    """What one side has sent so far in one incarnation (the receiver's view of it comes from the other side)."""
+
+    next_rel: int | None = None  # the highest relative seq + length sent (tshark's "nextseq")
+    last_ack: int | None = None  # absolute ack of the previous segment with ACK
+    window: int | None = None  # the previous segment's raw window field
+    window_bytes: int | None = None  # the same, scaled
+    wscale: int | None = None
+    sent_syn: bool = False
+
+
+def classify(segments: list[Segment]) -> None:
+    """Duplicates, duplicate ACKs, keep-alives, out-of-window segments and the kind of each RST.
+
+    Runs after ``analyze`` numbered transmissions and incarnations. Each transmission is judged
+    once, at its first sighting, in time order, and every sighting of it gets the result.
+
+    - A *duplicate* is a later transmission with the same bytes as an earlier one, never seen
+      at the capture where the earlier one started: the network made it (a duplicating rule, a
+      held packet released), the sender did not send it again.
+    - *Duplicate ACK* and *keep-alive* follow Wireshark's TCP analysis, so the two agree.
+    - *Out of window*: the receiver's acceptability test (RFC 9293 3.10.7.4) against the last
+      ACK and window the receiver sent; judged only when the handshake was seen (window scaling
+      is known), and not for retransmissions, which are old by definition.
+    """
+    firsts: dict[int, Segment] = {}
+    points: dict[int, set] = {}
+    for segment in segments:
+        firsts.setdefault(segment.transmission, segment)
+        points.setdefault(segment.transmission, set()).add((segment.node, segment.iface))
+    ordered = sorted(firsts.values(), key=lambda s: (s.t, s.transmission))
+    originals: dict[tuple, Segment] = {}
+    directions: dict[tuple, _Direction] = {}
+    handshakes: dict[tuple, set] = {}
+    results: dict[int, dict] = {}
+    for segment in ordered:
+        result: dict = {}
+        original = originals.setdefault(segment.key, segment)
+        if original is not segment and (original.node, original.iface) not in points[segment.transmission]:
+            result["duplicate_of"] = original.transmission
+        incarnation = (segment.connection, segment.incarnation)
+        fwd = directions.setdefault((incarnation, segment.src, segment.sport), _Direction())
+        rev = directions.setdefault((incarnation, segment.dst, segment.dport), _Direction())
+        syn, fin, rst = "S" in segment.flags, "F" in segment.flags, "R" in segment.flags
+        space = segment.length + syn + fin
+        if "duplicate_of" not in result:
+            if (segment.length <= 1 and not (syn or fin or rst) and fwd.next_rel is not None
+                    and (segment.rel_seq + 1) % 2**32 == fwd.next_rel):
+                result["keepalive"] = True
+            elif (segment.length == 0 and not (syn or fin or rst) and "A" in segment.flags and segment.window
+                  and segment.window == fwd.window and segment.rel_seq == fwd.next_rel and segment.ack == fwd.last_ack):
+                result["dup_ack"] = True
+            if rst:
+                result["rst"] = ("refused" if "A" in segment.flags and not fwd.sent_syn and rev.sent_syn
+                                 else "reply" if "A" not in segment.flags else "abort")
+            if not (syn or segment.retransmission or result.get("keepalive")):
+                scaled = handshakes.get(incarnation)
+                if scaled is not None and len(scaled) == 2 and rev.last_ack is not None and rev.window_bytes is not None:
+                    result["out_of_window"] = not _acceptable(segment, rev.last_ack, rev.window_bytes)
+        if syn:
+            fwd.sent_syn = True
+            fwd.wscale = segment.wscale
+            handshakes.setdefault(incarnation, set()).add((segment.src, segment.sport))
+        if "duplicate_of" not in result:
+            if space:
+                end = (segment.rel_seq + space) % 2**32
+                if fwd.next_rel is None or 0 < (end - fwd.next_rel) % 2**32 < 2**31:
+                    fwd.next_rel = end
+            elif fwd.next_rel is None:
+                fwd.next_rel = segment.rel_seq
+            if "A" in segment.flags:
+                fwd.last_ack = segment.ack
+            fwd.window = segment.window
+            # RFC 7323 2.2: the window field of a SYN is never scaled; the others are, when both sides offered it.
+            both = fwd.wscale is not None and rev.wscale is not None
+            fwd.window_bytes = segment.window if syn or not both else segment.window << fwd.wscale
+        if result:
+            results[segment.transmission] = result
+    for segment in segments:
+        result = results.get(segment.transmission)
+        if result:
+            segment.duplicate_of = result.get("duplicate_of")
+            segment.dup_ack = result.get("dup_ack", False)
+            segment.keepalive = result.get("keepalive", False)
+            segment.out_of_window = result.get("out_of_window", False)
+            segment.rst = result.get("rst", "")
+
+
+def _acceptable(segment: Segment, rcv_nxt: int, rcv_wnd: int) -> bool:
+    """RFC 9293 3.10.7.4's four cases, in modular sequence space."""
+    start = (segment.seq - rcv_nxt) % 2**32
+    length = segment.length + ("F" in segment.flags)
+    if length == 0:
+        return start == 0 if rcv_wnd == 0 else start < rcv_wnd
+    if rcv_wnd == 0:
+        return False
+    end = (segment.seq + length - 1 - rcv_nxt) % 2**32
+    return start < rcv_wnd or end < rcv_wnd

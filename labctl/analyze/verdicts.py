@@ -252,7 +252,8 @@ def _step_evidence(record: dict) -> dict:
 
 def _judge_data(view: RunView, spec: dict) -> dict:
     record = view.step(spec["step"])
-    data = ((record or {}).get("result") or {}).get("data")
+    result = (record or {}).get("result") or {}
+    data = result.get("data", result.get("stdout"))  # what a recv got, or what a command printed
     checks, passed = [], data is not None
     if spec.get("equals") is not None:
         checks.append(f"equals {spec['equals']!r}")

@@ -1,0 +1,148 @@
+"""Scenarios on the real engine: steps, rules, observers, run directories, verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl import api
+from labctl.analyze.segments import load_segments
+from labctl.rundir import read_json, read_jsonl
+
+pytestmark = pytest.mark.engine
+
+LABS = Path(__file__).parent / "labs"
+RUNLAB = LABS / "runlab"
+
+
+@pytest.fixture(scope="module")
+def runlab(engine, node_image):
+    engine.destroy("runlab")
+    api.up(RUNLAB, engine=engine)
+    yield RUNLAB
+    engine.destroy("runlab")
+
+
+def labctl(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LABCTL_LABS_PATH": str(LABS)}
+    return subprocess.run([sys.executable, "-m", "labctl", *argv], capture_output=True, text=True, env=env, timeout=300, **kwargs)
+
+
+def test_every_step_kind_does_what_it_says(engine, runlab, tmp_path):
+    [result] = api.run(runlab, ["every-step"], engine=engine, root=tmp_path)
+    failed = [v for v in result.verdicts if not v["passed"]]
+    assert result.passed, json.dumps(failed, indent=1, default=str)
+    kinds = {record["kind"] for record in read_jsonl(result.path / "steps.jsonl") if "kind" in record}
+    assert kinds >= {"sysctl", "exec", "listen", "connect", "accept", "setsockopt", "rule", "send", "recv", "wait",
+                     "unrule", "shutdown", "close", "kill_socket", "sleep"}
+    actions = [r["action"] for r in read_jsonl(result.path / "rules.jsonl")]
+    assert actions.count("delay") == 1 and actions.count("duplicate") == 1 and actions.count("drop") == 1
+    # The sysctl step is undone when the run ends.
+    assert engine.exec("runlab", "server", ["sysctl", "-n", "net.ipv4.tcp_fin_timeout"]).stdout.strip() == "60"
+
+
+def test_run_directory_holds_everything_analysis_needs(engine, runlab, tmp_path):
+    [result] = api.run(runlab, ["drop-one"], engine=engine, root=tmp_path)
+    run = read_json(result.path / "run.json")
+    assert run["schema_version"] == 1 and run["status"] == "complete"
+    assert run["scenario"] == "drop-one" and run["lab"] == "runlab" and run["image"].startswith("labctl-node:")
+    assert set(run["nodes"]) == {"client", "router", "server"}
+    captures = sorted(p.name for p in (result.path / "pcaps").iterdir())
+    assert captures == ["client-left.pcap", "router-left.pcap", "router-right.pcap", "server-right.pcap"]
+    sampled = [r for r in read_jsonl(result.path / "states.jsonl") if r.get("source") == "sample"]
+    assert {r["node"] for r in sampled} >= {"client", "server"}
+    assert read_json(result.path / "verdicts.json")["verdicts"]
+
+
+def test_a_rule_drops_exactly_one_packet_in_ten_runs_of_ten(engine, runlab, tmp_path):
+    dropped = []
+    for _ in range(10):
+        [result] = api.run(runlab, ["drop-one"], engine=engine, root=tmp_path)
+        assert result.passed, [v for v in result.verdicts if not v["passed"]]
+        actions = [r for r in read_jsonl(result.path / "rules.jsonl") if r["action"] == "drop"]
+        segments, _ = load_segments(result.path, read_json(result.path / "run.json")["nodes"])
+        sent = {s.transmission for s in segments if s.node == "client" and s.length > 0}
+        arrived = {s.transmission for s in segments if s.node == "server" and s.length > 0}
+        dropped.append((len(actions), len(sent - arrived)))
+    # Exactly one drop logged, and exactly one data transmission that left the client never arrived.
+    assert dropped == [(1, 1)] * 10
+
+
+def test_a_held_segment_released_after_a_reconnect_arrives_after_the_new_handshake(engine, node_image, tmp_path):
+    engine.destroy("teardown")
+    try:
+        results = api.run("teardown", ["old-duplicate"], {"timestamps": "0"}, engine=engine, root=tmp_path)
+    finally:
+        engine.destroy("teardown")
+    [result] = results  # -p fixes the matrix axis: one run
+    assert result.passed, [v for v in result.verdicts if not v["passed"]]
+    segments, connections = load_segments(result.path, read_json(result.path / "run.json")["nodes"])
+    at_server = [s for s in segments if s.node == "server"]
+    syns = [s for s in at_server if s.flags == "S"]
+    assert len(syns) == 2, "two incarnations of the same 4-tuple"
+    old = [s for s in at_server if s.payload.startswith(b"OLD-DATA")]
+    assert len(old) == 3
+    second_handshake = syns[1].t
+    assert old[0].t < second_handshake < old[1].t < old[2].t
+    assert old[0].incarnation == 0 and old[2].incarnation == 1
+
+
+def test_failed_expectations_exit_1_with_the_evidence(runlab):
+    result = labctl("run", "runlab", "-s", "fails", "--json")
+    assert result.returncode == 1, result.stderr
+    [outcome] = json.loads(result.stdout)
+    verdicts = {v["description"]: v for v in outcome["verdicts"]}
+    fin = verdicts["exactly 3 [F] segments from client to server"]
+    assert not fin["passed"] and fin["observed"] == "1 seen"
+    assert "[FA] seq 1 ack 1 len 0" in fin["evidence"][0]["summary"]
+    syn = verdicts["no [S] segments from client"]
+    assert not syn["passed"] and syn["evidence"][0]["summary"].endswith("[S] seq 0 ack 0 len 0")
+
+
+def test_bad_scenario_exits_2_before_anything_runs(runlab, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  - {node: client, send: {sock: nope, data: x}}\n")
+    before = list((Path("results") / "runlab").glob("*")) if Path("results/runlab").exists() else []
+    result = labctl("run", "runlab", "-s", str(bad))
+    assert result.returncode == 2
+    assert "bad.yaml:3: steps[0].send.sock: no socket named 'nope'" in result.stderr
+    after = list((Path("results") / "runlab").glob("*")) if Path("results/runlab").exists() else []
+    assert before == after
+
+
+def test_an_interrupted_run_is_incomplete_readable_and_leaves_no_orphans(engine, runlab, tmp_path):
+    env = {**os.environ, "LABCTL_LABS_PATH": str(LABS)}
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", "runlab", "-s", "slow", "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    steps = None
+    while time.time() < deadline:
+        found = list(tmp_path.glob("runlab/*/steps.jsonl"))
+        if found and any(r.get("kind") == "send" for r in read_jsonl(found[0])):
+            steps = found[0]
+            break
+        time.sleep(0.2)
+    assert steps is not None, "the run never reached its send step"
+    time.sleep(0.5)  # inside the long sleep step now
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    run = read_json(steps.parent / "run.json")
+    assert run["status"] == "incomplete" and "interrupted" in run["reason"]
+    assert [r["kind"] for r in read_jsonl(steps) if "kind" in r] == ["listen", "connect", "accept", "send"]
+    assert (steps.parent / "pcaps" / "client-left.pcap").stat().st_size > 24
+    verdicts = read_json(steps.parent / "verdicts.json")["verdicts"]
+    assert any(v["kind"] == "run-complete" and not v["passed"] for v in verdicts)
+    # No actor, capture or helper left behind, in the nodes or on the engine.
+    for node in ("client", "router", "server"):
+        ps = engine.exec("runlab", node, ["ps", "-eo", "args"]).stdout
+        assert "labctl.agent actor" not in ps and "tcpdump" not in ps, ps
+    helpers = engine.client.containers.list(all=True, filters={"label": "org.labctl.owner=labctl"})
+    assert not [c.name for c in helpers if c.labels.get("org.labctl.lab", "").startswith("__")]
