@@ -176,6 +176,26 @@ def schema() -> dict:
     return lab_json_schema()
 
 
+def report(runs: Sequence[str | Path] = (), *, format: str = "term", root: Path | None = None, color: bool = False,
+           width: int | None = None, fold: bool = True) -> str:
+    """A run as a report: ``term`` (rich text), ``md``, ``html`` (one self-contained file) or ``json``.
+
+    Each of ``runs`` is a run directory, or a lab (its latest run under ``root``); none: the
+    latest run of any lab; two: the runs compared side by side. Reads run directories only:
+    no engine is needed. ``fold`` folds a large ladder to its remarkable parts.
+    """
+    from .report import render
+
+    return render(runs, format, root=root, color=color, width=width, fold=fold)
+
+
+def report_schema() -> dict:
+    """The JSON Schema of ``report(..., format="json")``."""
+    from .report.jsonreport import schema as report_json_schema
+
+    return report_json_schema()
+
+
 def build_image(*, offline: bool = False, rebuild: bool = False, engine: Engine | None = None,
                 progress: Progress | None = None):
     engine = engine or default_engine()

@@ -100,6 +100,33 @@ def _print_verdicts(outcome) -> None:
 
 
 @app.command()
+def report(runs: Optional[List[str]] = typer.Argument(None, help="A run directory, or a lab (its latest run); two to compare. Default: the latest run."),
+           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="term (default), md, html or json; from -o's extension when omitted."),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
+           results: Optional[str] = typer.Option(None, help="Where run directories are (default ./results or $LABCTL_RESULTS)."),
+           full: bool = typer.Option(False, "--full", help="Never fold a large run's ladder and tables."),
+           print_schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of the json format and exit.")) -> None:
+    """Turn a run into evidence: verdicts with their evidence, a ladder diagram, state timelines (from the run directory alone)."""
+    from pathlib import Path
+
+    from .report import format_for
+
+    if print_schema:
+        sys.stdout.write(json.dumps(api.report_schema(), indent=2) + "\n")
+        return
+    target = Path(output) if output else None
+    chosen = fmt or format_for(target)
+    text = api.report(runs or [], format=chosen, root=Path(results) if results else None,
+                      color=target is None and out.is_terminal, width=out.width if target is None and out.is_terminal else None,
+                      fold=not full)
+    if target is None:
+        sys.stdout.write(text)
+        return
+    target.write_text(text)
+    err.print(f"wrote {escape(str(target))} ({chosen})", highlight=False)
+
+
+@app.command()
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
          param: List[str] = PARAM_OPT) -> None:

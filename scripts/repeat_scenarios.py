@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from labctl import api
@@ -47,10 +48,10 @@ def main() -> int:
     table.add_column("scenario")
     table.add_column("passed", justify="right")
     for scenario in sorted(passed):
-        table.add_row(scenario, f"{passed[scenario]}/{args.times}")
+        table.add_row(escape(scenario), f"{passed[scenario]}/{args.times}")
     console.print(table)
     for scenario, paths in failures.items():
-        console.print(f"[red]{scenario}[/red] failed in: " + ", ".join(paths))
+        console.print(f"[red]{escape(scenario)}[/red] failed in: " + ", ".join(paths))
     return 0 if not failures else 1
 
 

@@ -57,6 +57,7 @@ class Sampler(threading.Thread):
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.current: dict[tuple, dict] = {}
+        self.seen_states: dict[tuple, dict] = {}
         self.samples = 0
 
     def run(self) -> None:
@@ -73,6 +74,7 @@ class Sampler(threading.Thread):
                     seen[key] = sock
                 with self.lock:
                     for key, sock in seen.items():
+                        self.seen_states.setdefault((*key, sock["state"]), sock)
                         before = self.current.get(key)
                         if before is None or before["state"] != sock["state"]:
                             out.write(json.dumps({"t": now, "event": "state", **sock}) + "\n")
@@ -87,6 +89,11 @@ class Sampler(threading.Thread):
     def sockets(self) -> list[dict]:
         with self.lock:
             return list(self.current.values())
+
+    def history(self) -> list[dict]:
+        """One entry per (socket, state) ever sampled in this run."""
+        with self.lock:
+            return list(self.seen_states.values())
 
 
 class Actor:
@@ -346,15 +353,20 @@ class Actor:
         return {"returned": len(killed), "killed": killed}
 
     def op_wait_state(self, state, local_port=None, remote_port=None, gone=False, timeout=10.0):
+        """Until a socket is in ``state``; with ``gone``, until one has been in it and none is any more."""
         deadline = time.monotonic() + timeout
+
+        def wanted(s: dict) -> bool:
+            return (s["state"] == state and (local_port is None or s["local"].endswith(f":{local_port}"))
+                    and (remote_port is None or s["remote"].endswith(f":{remote_port}")))
+
         while time.monotonic() < deadline:
-            matching = [s for s in (self.sampler.sockets() if self.sampler else [])
-                        if s["state"] == state
-                        and (local_port is None or s["local"].endswith(f":{local_port}"))
-                        and (remote_port is None or s["remote"].endswith(f":{remote_port}"))]
+            matching = [s for s in (self.sampler.sockets() if self.sampler else []) if wanted(s)]
             if matching and not gone:
                 return {"socket": matching[0]}
-            if gone and not matching:
+            # "Gone" only counts once the state was reached: a socket that has not got
+            # there yet is not one that has left it.
+            if gone and not matching and any(wanted(s) for s in (self.sampler.history() if self.sampler else [])):
                 return {}
             time.sleep(SAMPLE_INTERVAL)
         error = StepFailed(f"no socket {'left' if gone else 'reached'} {state} within {timeout} s")

@@ -295,7 +295,7 @@ class NfQueue:
     RECV_SIZE = 0x10000 + 4096  # the largest packet message: 64 KiB payload plus headers
 
     def __init__(self, number: int, *, copy_range: int = 0xFFFF, maxlen: int = DEFAULT_MAXLEN, fail_open: bool = False,
-                 rcvbuf: int = 8 << 20, out_size: int = 64 << 10):
+                 rcvbuf: int = 8 << 20, out_size: int = 64 << 10, sock: socket.socket | None = None):
         self.number = number       # the first queue bound: the default for verdicts
         self.numbers: list[int] = []
         self.overruns = 0          # ENOBUFS: the kernel could not hand us packets
@@ -306,11 +306,15 @@ class NfQueue:
         self._out = bytearray(out_size)
         self._out_len = 0
         self._templates: dict[tuple[int, bool], bytes] = {}
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        # ``sock``: an already-open datagram socket that plays the kernel (tests).
+        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         try:
-            self.sock.bind((0, 0))
-            self.portid = self.sock.getsockname()[0]
-            self._grow_rcvbuf(rcvbuf)
+            if sock is None:
+                self.sock.bind((0, 0))
+                self.portid = self.sock.getsockname()[0]
+                self._grow_rcvbuf(rcvbuf)
+            else:
+                self.portid = 0
             self.bind(number, copy_range=copy_range, maxlen=maxlen, fail_open=fail_open)
             self.sock.setblocking(False)
         except BaseException:

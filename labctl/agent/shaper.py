@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import heapq
 import json
 import math
@@ -51,6 +52,7 @@ import signal
 import socket
 import sys
 import time
+from array import array
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 
@@ -241,7 +243,7 @@ def flip_bit(packet: bytes, rng: random.Random) -> bytes | None:
 
 # --- the daemon ----------------------------------------------------------------------
 
-DEBUG = [0.0] if os.environ.get("DEBUG_LATE") else None
+LATE_MASK = 4095   # the last 4096 releases make the lateness figures
 NEW = 1 << 32   # tag bit: the packet came from the unconfirmed-conntrack queue
 PID = 0xFFFFFFFF
 
@@ -311,6 +313,9 @@ class Shaper:
         self.drops: list[int] = []
         self.out_copies: list[bytes] = []
         self.raw: socket.socket | None = None
+        self.spin = 0.0                         # seconds to wake before a due time and poll (see --spin-us)
+        self.late = array("d", bytes(8 * (LATE_MASK + 1)))   # how late recent releases were, a ring
+        self.late_n = 0
         self.stopping = False
         self.want_stats = False
         self.want_reload = False
@@ -370,7 +375,19 @@ class Shaper:
         kernel = {str(n): nfq.kernel_counters(n) for n in self.queue.numbers}
         return {"ok": True, "queue": self.queue.number, "new_queue": self.new_queue, "pid": os.getpid(),
                 "seed": self.seed, "uptime_s": round(time.monotonic() - self.started, 3), "held": len(self.heap),
-                **asdict(self.stats), "config": asdict(self.imp), "kernel": kernel}
+                **asdict(self.stats), "release_late_ms": self.lateness(), "config": asdict(self.imp), "kernel": kernel}
+
+    def lateness(self) -> dict:
+        """How late the last (up to 4096) delayed packets were released, past their due time."""
+        n = min(self.late_n, LATE_MASK + 1)
+        if not n:
+            return {"n": 0}
+        values = sorted(self.late[:n])
+
+        def at(q: float) -> float:
+            return round(values[min(n - 1, int(q * n))] * 1000, 3)
+
+        return {"n": n, "p50": at(0.5), "p99": at(0.99), "max": round(values[-1] * 1000, 3)}
 
     def write_stats(self) -> dict:
         self.want_stats = False
@@ -540,7 +557,7 @@ class Shaper:
         buf = bytearray(nfq.NfQueue.RECV_SIZE)
         recv_into = sock.recv_into
         heap = self.heap
-        heappush, heappop = heapq.heappush, heapq.heappop
+        heappush = heapq.heappush
         monotonic = time.monotonic
         unpack_head = nfq.NLMSGHDR.unpack_from
         packet_id = nfq.packet_id
@@ -550,11 +567,11 @@ class Shaper:
         sends, drops, held_order = self.sends, self.drops, self.held_order
         wake_fd = wake.fileno()
         waiting = [sock.fileno(), wake_fd]
-        spin = float(os.environ.get("SPIN_MS", "0")) / 1000
-        if os.environ.get("NOGC"):
-            import gc
-            gc.freeze()
-            gc.disable()
+        spin = self.spin
+        # The loop makes no reference cycles; a full collection over thousands of held
+        # packets would stall releases for milliseconds.
+        gc.freeze()
+        gc.disable()
         drained = True
 
         for data in q._backlog:  # packets that came while we were binding
@@ -606,15 +623,27 @@ class Shaper:
                 else:
                     sends.append(pid)
             now = monotonic()
-            while heap and heap[0][0] <= now:
-                if DEBUG: DEBUG.append(now - heap[0][0])
-                self._let_go(heappop(heap)[1])
+            if heap and heap[0][0] <= now:
+                self.release_due(now)
             if sends or drops:
                 self._flush()
+        self.release_all()
 
-        # Stopping: every held packet leaves now, in due order.
-        while heap:
-            self._let_go(heappop(heap)[1])
+    def release_due(self, now: float) -> None:
+        """Let go every packet due by ``now`` (the next flush gives the verdicts)."""
+        heap, late, n = self.heap, self.late, self.late_n
+        heappop = heapq.heappop
+        while heap and heap[0][0] <= now:
+            due, tag = heappop(heap)
+            late[n & LATE_MASK] = now - due
+            n += 1
+            self._let_go(tag)
+        self.late_n = n
+
+    def release_all(self) -> None:
+        """Stopping: every held packet leaves now, in due order."""
+        while self.heap:
+            self._let_go(heapq.heappop(self.heap)[1])
         self._flush()
 
     def _take(self, buf, n: int, now: float) -> None:
@@ -652,6 +681,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed for every random decision (reproducible runs)")
     parser.add_argument("--fail-open", action="store_true",
                         help="when the queue is full, pass packets unshaped instead of dropping them (netem drops)")
+    parser.add_argument("--spin-us", type=int, default=0,
+                        help="wake this long before a due time and poll until it: tighter delays for CPU time")
     parser.add_argument("--bypass-mark", type=lambda s: int(s, 0), default=BYPASS_MARK,
                         help=f"SO_MARK of the packets the shaper sends itself; the queue rules skip it (default {BYPASS_MARK:#x})")
     return parser.parse_args(argv)
@@ -674,6 +705,7 @@ def main(argv: list[str]) -> dict:
         return {"ok": False, "error": str(exc)}
     shaper = Shaper(queue, imp, random.Random(args.seed), new_queue=new_queue, config_file=args.config_file,
                     stats_file=args.stats_file, bypass_mark=args.bypass_mark, seed=args.seed)
+    shaper.spin = max(0, args.spin_us) / 1e6
     try:
         queue.bind(new_queue, maxlen=imp.limit, fail_open=args.fail_open)
         # Copies and resent packets go out through it: fail now, not at the first one, without NET_RAW/NET_ADMIN.
@@ -687,9 +719,6 @@ def main(argv: list[str]) -> dict:
                    f"config {json.dumps(asdict(imp))}")
         shaper.write_stats()
         shaper.run(wake)
-        if DEBUG:
-            d = sorted(DEBUG); q = lambda p: d[int(p * (len(d) - 1))] * 1000
-            shaper.log(f"DEBUG release lateness ms: n={len(d)} p50={q(.5):.3f} p90={q(.9):.3f} p99={q(.99):.3f} max={q(1):.3f}")
         return shaper.write_stats()
     finally:
         shaper.close()

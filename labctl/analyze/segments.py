@@ -182,23 +182,24 @@ def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
         ends = frozenset({(segment.src, segment.sport), (segment.dst, segment.dport)})
         candidates = [c for c in connections[ends] if c.first <= segment.t]
         by_transmission[segment.transmission] = candidates[-1] if candidates else connections[ends][0]
+    # A retransmission repeats sequence space its sender had already used in this incarnation:
+    # it starts between the ISN and the highest sequence number sent so far (SYN and FIN count
+    # one each), as in Wireshark's analysis. A segment from before the ISN (an old duplicate
+    # of an earlier incarnation) is not one, and must not move the high mark.
     highest: dict[tuple, int] = {}
-    fins: set[tuple] = set()
     retransmitted: set[int] = set()
     for segment in sorted(first_at.values(), key=lambda s: s.t):
         connection = by_transmission[segment.transmission]
         direction = (connection.name, connection.incarnation, segment.src, segment.sport)
         base = connection.isn.get((segment.src, segment.sport), segment.seq)
-        end = (segment.seq - base) % 2**32 + segment.length + (1 if "S" in segment.flags else 0)
-        if segment.length > 0 or "S" in segment.flags:
-            if direction in highest and end <= highest[direction]:
-                retransmitted.add(segment.transmission)
-            highest[direction] = max(highest.get(direction, 0), end)
-        if "F" in segment.flags:
-            fin = (*direction, segment.seq)
-            if fin in fins:
-                retransmitted.add(segment.transmission)
-            fins.add(fin)
+        start = (segment.seq - base) % 2**32
+        space = segment.length + ("S" in segment.flags) + ("F" in segment.flags)
+        mark = highest.get(direction)
+        if space and mark is not None and start < mark and not (segment.length <= 1 and start == mark - 1 and not set(segment.flags) & set("SFR")):
+            retransmitted.add(segment.transmission)  # (one byte just below the mark is a keep-alive probe)
+        if "R" not in segment.flags and (mark is None or 0 <= start + space - mark < 2**30):
+            # Any segment's sequence number shows what its sender had sent, even one this capture missed.
+            highest[direction] = max(mark or 0, start + space)
     for segment in segments:
         connection = by_transmission[segment.transmission]
         segment.connection = connection.name

@@ -25,6 +25,7 @@ from .verdicts import RunView
 
 HELD = 0.010  # seconds between entering and leaving a router beyond which a packet counts as held there
 RULE_MATCH_WINDOW = 5.0  # seconds between a rule's record and the capture of the packet it names
+ACTING = ("drop", "hold", "delay", "duplicate", "release")  # rule actions that change what crosses a node ("watch", "armed" do not)
 KIND_ORDER = {"step": 0, "impairment": 1, "rule": 2, "segment": 3, "kernel": 4, "state": 5}
 
 
@@ -57,6 +58,7 @@ class Transmission:
     receiver: str | None
     fate: str  # delivered | dropped | unknown
     last_seen: str
+    origin: str  # where it entered the captures: its sender, or the node that made it (a released or duplicated copy)
     rules: list[RuleAction] = field(default_factory=list)
 
     @property
@@ -107,12 +109,17 @@ class Timeline:
 
     @property
     def t0(self) -> float:
+        """Time zero of a report: the first step or segment (kernel noise from before the run does not move it)."""
+        starts = [s["t_start"] for s in self.steps if s.get("t_start")] + [tx.t for tx in self.transmissions]
+        if starts:
+            return min(starts)
         return self.events[0].t if self.events else float(self.run.get("started") or 0.0)
 
     @property
     def t_end(self) -> float:
-        ends = [e.t for e in self.events] + [float(self.run.get("ended") or 0.0)]
-        return max(ends)
+        """The last moment something was observed (not when collection finished)."""
+        ends = [e.t for e in self.events] + [s["t_end"] for s in self.steps if s.get("t_end")]
+        return max(ends) if ends else self.t0
 
 
 def owners(nodes: dict) -> dict[str, str]:
@@ -181,7 +188,9 @@ def _transmissions(segments: list[Segment], owner: dict[str, str], capturing: se
             fate = "dropped"
         else:
             fate = "unknown"
-        result.append(Transmission(number, sightings, sender, receiver, fate, sightings[-1].node))
+        # A packet its sender's own capture never saw, first seen at a router, was made there.
+        origin = sightings[0].node if sender in capturing and sender not in seen else (sender or sightings[0].node)
+        result.append(Transmission(number, sightings, sender, receiver, fate, sightings[-1].node, origin))
     result.sort(key=lambda tx: (tx.t, tx.number))
     return result
 
@@ -233,15 +242,16 @@ def _acted(transmissions: list[Transmission], rules: list[RuleAction], nodes: di
            captures: list[tuple[str, str]]) -> dict[str, list[str]]:
     acted: dict[str, list[str]] = {}
     for action in rules:
-        if action.action != "watch":
+        if action.action in ACTING:
             acted.setdefault(action.node, []).append(f"{action.action} (rule {action.rule})")
     for tx in transmissions:
         for node in {s.node for s in tx.sightings} - {tx.sender, tx.receiver}:
             at = tx.seen_at(node)
             if tx.dropped and tx.last_seen == node:
                 acted.setdefault(node, []).append(f"dropped #{tx.number}")
-            elif tx.first.duplicate_of is not None and tx.sightings[0].node == node:
-                acted.setdefault(node, []).append(f"duplicated #{tx.first.duplicate_of}")
+            elif tx.origin == node:
+                made = f"duplicated #{tx.first.duplicate_of}" if tx.first.duplicate_of is not None else f"sent #{tx.number} in {tx.sender}'s name"
+                acted.setdefault(node, []).append(made)
             elif at[-1].t - at[0].t > HELD:
                 acted.setdefault(node, []).append(f"held #{tx.number} {1000 * (at[-1].t - at[0].t):.0f} ms")
     return acted
@@ -307,6 +317,12 @@ def step_call(step: dict) -> str:
                 inner += f", {len(str(args.get('data') or ''))} bytes" if args.get("size") is None else f", {args['size']} bytes"
         elif kind == "rule":
             inner = str(args.get("action") or "")
+        elif kind in ("release", "unrule"):
+            inner = str(args.get("rule") or "")
+        elif kind == "sysctl":
+            inner = ", ".join(f"{k}={v}" for k, v in args.items())
+        elif kind == "kill_socket":
+            inner = ", ".join(f"{k}={v}" for k, v in args.items() if v is not None)
         elif kind == "wait":
             inner = ", ".join(f"{k}={v}" for k, v in args.items() if k in ("state", "step", "rule", "node") and v)
         else:

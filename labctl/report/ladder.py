@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from .model import Band, Report, SegmentRow, format_duration, format_ms
+from ..analyze.timeline import HELD
+from .model import Band, Report, SegmentRow, format_duration, format_ms, signed
 
 FOLD_BUDGET = 400  # items drawn before a ladder is folded
 CONTEXT = 2  # ordinary items kept on each side of a remarkable one
@@ -87,16 +88,20 @@ def items(report: Report, budget: int | None = FOLD_BUDGET) -> list[Item]:
     for s in report.segments:
         found.append(Item(s.departure(), "segment", s.sender, s.label, s, _priority(s)))
     for k in report.sockets:
-        if k.node not in lanes:
+        # A socket with no connection in the captures (and not listening) is kernel noise from
+        # before the run, e.g. a lingering socket of an earlier run: the state table lists it.
+        if k.node not in lanes or (k.connection is None and "LISTEN" not in k.states):
             continue
         for band in k.bands:
             found.append(Item(band.start, "state", k.node, band.state, (k, band), 2))
     for step in report.steps:
         if step.kind in CALLS and step.node in lanes:
-            text = step.call + ("" if step.ok else f" -> {step.errno or 'failed'}")
+            text = step.call + (f" {step.outcome}" if step.outcome.startswith("=") and step.kind != "listen" else "")
+            text += "" if step.ok or step.ok is None else f" -> {step.errno or 'failed'}"
             found.append(Item(step.t, "call", step.node, text, step, 2))
     for rule in report.rules:
-        if rule.node in lanes and (rule.segment is None or rule.action in ("release", "watch")):
+        # A rule action on a segment shows on its arrow; one that names no captured segment shows on the lane.
+        if rule.node in lanes and rule.segment is None and rule.action not in ("watch", "armed"):
             found.append(Item(rule.t, "rule", rule.node, f"{rule.action} ({rule.rule})", rule, 1))
     order = {"call": 0, "rule": 1, "segment": 2, "state": 3}
     found.sort(key=lambda i: (i.t, order.get(i.kind, 4)))
@@ -120,7 +125,9 @@ def fold(found: list[Item], budget: int) -> list[Item]:
     run: list[Item] = []
 
     def close_run() -> None:
-        if not run:
+        if len(run) <= 2:  # folding one or two items saves nothing
+            result.extend(run)
+            run.clear()
             return
         segments = [i.ref for i in run if i.kind == "segment"]
         data = sum(s.length > 0 for s in segments)
@@ -147,7 +154,7 @@ def fold_text(item: Item) -> str:
 
 # --- SVG ------------------------------------------------------------------------------------
 
-ROW = 22
+ROW = 24
 TOP = 78
 AXIS = 70
 SIDE = 170
@@ -251,29 +258,68 @@ def svg(report: Report, budget: int | None = FOLD_BUDGET, prefix: str = "") -> s
     return "\n".join(out)
 
 
+def short_marks(segment: SegmentRow) -> list[str]:
+    """What is remarkable about a segment, short enough to ride on its arrow."""
+    found = []
+    if segment.origin != segment.sender:
+        found.append(f"made at {segment.origin}")
+    if segment.fate == "dropped":
+        found.append(f"dropped at {segment.dropped_after}" if segment.dropped_after != segment.sender else "lost on the link")
+    if segment.rst:
+        found.append(f"RST ({segment.rst})")
+    if segment.duplicate_of is not None:
+        found.append(f"duplicate of #{segment.duplicate_of}")
+    elif segment.retransmission:
+        found.append("retransmission")
+    if segment.out_of_window:
+        found.append("out of window")
+    if segment.dup_ack:
+        found.append("dup ACK")
+    if segment.keepalive:
+        found.append("keep-alive")
+    found.extend(r.split(": ", 1)[1] + " (" + r.split(" ", 2)[1] + ")" for r in segment.rules
+                 if not r.endswith(": drop") and ": " in r and len(r.split(" ")) > 2)
+    return found
+
+
+def _held_at(segment: SegmentRow, lanes: dict) -> list[tuple[str, float, float]]:
+    """Routers drawn as lanes that kept this segment a while: (router, entered, left)."""
+    held = []
+    for node in dict.fromkeys(s.node for s in segment.seen):
+        if node in lanes and node not in (segment.origin, segment.receiver):
+            times = [s.t for s in segment.seen if s.node == node]
+            if max(times) - min(times) > HELD:
+                held.append((node, min(times), max(times)))
+    return held
+
+
 def _arrow(segment: SegmentRow, layout: _Layout, prefix: str) -> str:
     style = segment_style(segment)
     color = COLORS[style]
-    points: list[tuple[float, float]] = []
     start = segment.departure()
-    if segment.sender in layout.x:
-        points.append((layout.x[segment.sender], layout.y(start)))
-    for sight in segment.seen:
-        if sight.node in layout.x and sight.node not in (segment.sender, segment.receiver):
-            points.append((layout.x[sight.node], layout.y(sight.t)))
-    arrival = segment.arrival()
+    if segment.origin not in layout.x:
+        return ""
+    x0 = layout.x[segment.origin]
+    points: list[tuple[float, float]] = [(x0, layout.y(start))]
     end_cross = None
     if segment.fate == "dropped":
-        if len(points) == 1 and segment.receiver in layout.x:
+        after = segment.dropped_after
+        if after in layout.x and after != segment.origin:
+            sight = [s.t for s in segment.seen if s.node == after]
+            points.append((layout.x[after], layout.y(max(sight))))
+        else:
             # Lost before any other capture saw it: the cross goes halfway to the receiver.
-            x0, y0 = points[0]
-            points.append(((x0 + layout.x[segment.receiver]) / 2, y0 + 10))
+            target = layout.x.get(segment.receiver, x0 + 80)
+            points.append(((x0 + target) / 2, layout.y(start) + 10))
         end_cross = points[-1]
-    elif segment.receiver in layout.x:
-        t_arr = arrival if arrival is not None else (segment.seen[-1].t if segment.seen else start)
-        points.append((layout.x[segment.receiver], layout.y(t_arr)))
-    if not points:
-        return ""
+    else:
+        # Straight from sender to receiver, as in a textbook; a router that held it bends the line there.
+        for node, entered, left in _held_at(segment, layout.x):
+            points += [(layout.x[node], layout.y(entered)), (layout.x[node], layout.y(left))]
+        if segment.receiver in layout.x:
+            arrival = segment.arrival()
+            t_arr = arrival if arrival is not None else (segment.seen[-1].t if segment.seen else start)
+            points.append((layout.x[segment.receiver], layout.y(t_arr)))
     if len(points) == 1:
         points.append((points[0][0] + 40, points[0][1]))
     # Keep a visible slant: a segment always arrives a little below where it left.
@@ -285,26 +331,36 @@ def _arrow(segment: SegmentRow, layout: _Layout, prefix: str) -> str:
     dash = ' stroke-dasharray="6 3"' if style in ("dropped", "duplicate") else ""
     marker = "" if end_cross else f' marker-end="url(#{prefix}head-{style})"'
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    (x1, y1), (x2, y2) = points[0], points[-1]
-    mid_x = (x1 + x2) / 2
-    mid_y = (y1 + y2) / 2
+    # The label sits on the first leg, nearer the sender, so labels of crossing segments
+    # (one each way, close in time) fall at different places.
+    (x1, y1), (x2, y2) = points[0], points[1]
+    share = 0.38 if len(points) == 2 else 0.5
+    lx, ly = x1 + (x2 - x1) * share, y1 + (y2 - y1) * share
     label = segment.label
-    extra = [m for m in segment.marks if not m.startswith("dropped")]
-    if segment.fate == "dropped":
-        extra.insert(0, f"dropped at {segment.dropped_after}" if segment.dropped_after != segment.sender else "lost on the link")
-    title = f"#{segment.number} {segment.sender} > {segment.receiver}: {label}" + (f" ({', '.join(extra)})" if extra else "")
+    extra = short_marks(segment)
+    marks = segment.marks
+    title = f"#{segment.number} {segment.sender} > {segment.receiver}: {label}" + (f" ({', '.join(marks)})" if marks else "")
     title += "; seen " + ", ".join(f"{s.at} {format_ms(s.t)} ms" for s in segment.seen)
     if segment.payload:
         title += f"; data {segment.payload!r}"
     classes = f"segment {style}" + (" retransmission" if segment.retransmission and style != "retransmission" else "")
     out = [f'<g class="{classes}" id="{prefix}seg-{segment.id}" data-segment="{segment.id}"><title>{escape(title)}</title>',
            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="{width}"{dash}{marker}/>']
+    for sight in segment.seen:  # where a drawn router saw it pass
+        if sight.node in layout.x and sight.node not in (segment.origin, segment.receiver) and not end_cross and len(points) == 2:
+            sx = layout.x[sight.node]
+            sy = y1 + (y2 - y1) * ((sx - x1) / (x2 - x1)) if x2 != x1 else y1
+            out.append(f'<circle cx="{sx:.1f}" cy="{sy:.1f}" r="2.2" fill="{color}"/>')
     weight = ' font-weight="bold"' if style != "plain" else ""
-    out.append(f'<text x="{mid_x:.1f}" y="{mid_y - 5:.1f}" text-anchor="middle" font-size="11" fill="{color}"{weight} {MONO}>'
-               f'<tspan fill="#9ca3af">#{segment.number} </tspan>{escape(label)}</text>')
+    # The label runs along the arrow, just above it, and always reads left to right.
+    dx, dy = (x2 - x1, y2 - y1) if x2 >= x1 else (x1 - x2, y1 - y2)
+    angle = math.degrees(math.atan2(dy, dx)) if dx else 0.0
+    rotate = f' transform="rotate({angle:.2f} {lx:.1f} {ly:.1f})"'
+    marks_text = ""
     if extra:
-        out.append(f'<text x="{mid_x:.1f}" y="{mid_y + 12:.1f}" text-anchor="middle" font-size="10" fill="{color}" font-weight="bold" '
-                   f'{FONT}>{escape(", ".join(extra)[:80])}</text>')
+        marks_text = f'<tspan font-weight="bold" {FONT}> · {escape(", ".join(extra)[:70])}</tspan>'
+    out.append(f'<text x="{lx:.1f}" y="{ly - 4:.1f}" text-anchor="middle" font-size="11" fill="{color}"{weight}{rotate} {MONO}>'
+               f'<tspan fill="#9ca3af">#{segment.number} </tspan>{escape(label)}{marks_text}</text>')
     if end_cross:
         cx, cy = end_cross
         out.append(f'<path class="cross" d="M{cx - 7:.1f},{cy - 7:.1f} L{cx + 7:.1f},{cy + 7:.1f} M{cx - 7:.1f},{cy + 7:.1f} '
@@ -321,15 +377,18 @@ def _note(item: Item, x: float, y: float, left: bool, prefix: str) -> str:
         width = 8 + 7.2 * len(text)
         box_x = x - 10 - width if left else x + 10
         tip = f"{socket.name}: {band.state} at {format_ms(band.start)} ms (from {band.source})"
+        # A state seen only by sampling is known to within a sample interval: a dashed outline says so.
+        dash = ' stroke-dasharray="3 2"' if band.source == "sample" else ""
         return (f'<g class="state" data-socket="{socket.id}"><title>{escape(tip)}</title>'
                 f'<line x1="{x - 5}" y1="{y:.1f}" x2="{x + 5}" y2="{y:.1f}" stroke="{COLORS["state"]}" stroke-width="2"/>'
-                f'<rect x="{box_x:.1f}" y="{y - 9:.1f}" width="{width:.1f}" height="17" rx="8" fill="{fill}" stroke="{COLORS["state"]}" stroke-width="0.6"/>'
+                f'<rect x="{box_x:.1f}" y="{y - 9:.1f}" width="{width:.1f}" height="17" rx="8" fill="{fill}" stroke="{COLORS["state"]}" stroke-width="0.6"{dash}/>'
                 f'<text x="{box_x + width / 2:.1f}" y="{y + 3.5:.1f}" text-anchor="middle" font-size="10.5" font-weight="bold" fill="#111827" {MONO}>'
                 f'{escape(text)}</text></g>')
     color = COLORS["call"] if item.kind == "call" else COLORS["rule"]
     anchor = "end" if left else "start"
     tx = x - 10 if left else x + 10
-    text = item.text if len(item.text) <= 34 else item.text[:33] + "…"
+    room = 24  # characters that fit beside a line without running into the time axis or off the edge
+    text = item.text if len(item.text) <= room else item.text[:room - 1] + "…"
     tip = item.text
     if item.kind == "call" and item.ref.note:
         tip += f" ({item.ref.note})"
@@ -422,7 +481,7 @@ def text_lines(report: Report, budget: int | None = 120, gap: int | None = None)
     lanes = [lane.name for lane in report.lanes]
     n = max(len(lanes), 1)
     gap = gap or (46 if n <= 2 else max(30, 92 // (n - 1)))
-    left = 16  # room for the first lane's notes
+    left = 26  # room for the first lane's notes
     col = {name: left + i * gap for i, name in enumerate(lanes)}
     width = left + (n - 1) * gap + 1
     header = [" " * 10]
@@ -448,7 +507,7 @@ def text_lines(report: Report, budget: int | None = 120, gap: int | None = None)
             note = item.text
             style = "state" if item.kind == "state" else "call" if item.kind == "call" else "rule"
             if item.lane == lanes[0]:
-                note = note[: left - 2]
+                note = note if len(note) <= left - 2 else note[: left - 3] + "…"
                 spans += [(" " * (x - 1 - len(note)), "plain"), (note, style), (" ", "plain"), ("".join(canvas[x:]), "muted")]
             else:
                 spans += [("".join(canvas[: x + 1]), "muted"), (" " + note, style)]
@@ -458,11 +517,11 @@ def text_lines(report: Report, budget: int | None = 120, gap: int | None = None)
 
 def _text_arrow(segment: SegmentRow, canvas: list[str], col: dict, lanes: list[str]) -> list[Span]:
     style = segment_style(segment)
-    if segment.sender not in col:
+    if segment.origin not in col:
         return [("".join(canvas), "muted"), (f"  {segment.label}", style)]
-    a = col[segment.sender]
+    a = col[segment.origin]
     if segment.fate == "dropped":
-        b = col.get(segment.dropped_after, None) if segment.dropped_after != segment.sender else None
+        b = col.get(segment.dropped_after, None) if segment.dropped_after != segment.origin else None
         if b is None:
             target = col.get(segment.receiver, a + 10)
             b = (a + target) // 2
@@ -472,7 +531,7 @@ def _text_arrow(segment: SegmentRow, canvas: list[str], col: dict, lanes: list[s
     body = ["─"] * (hi - lo - 1)
     label = f" {segment.label} "
     if len(label) > len(body) - 2:
-        label = f" {segment.flags} {segment.rel_seq}:{segment.rel_ack}({segment.length}) "
+        label = f" {segment.flags} {signed(segment.rel_seq)}:{signed(segment.rel_ack)}({segment.length}) "
     start = max((len(body) - len(label)) // 2, 1)
     for i, ch in enumerate(label[: max(len(body) - 2, 0)]):
         body[start + i] = ch
@@ -485,10 +544,7 @@ def _text_arrow(segment: SegmentRow, canvas: list[str], col: dict, lanes: list[s
         arrow = end_char + "".join(body)
         drawn = "".join(canvas[:lo]) + arrow + "┤"
         rest = "".join(canvas[hi + 1:])
-    # Lanes the arrow crosses keep a mark where it passes.
-    marks = [m for m in segment.marks if not m.startswith("dropped")]
-    if segment.fate == "dropped":
-        marks.insert(0, f"dropped at {segment.dropped_after}" if segment.dropped_after != segment.sender else "lost on the link")
+    marks = short_marks(segment)
     note = f"  #{segment.number}" + (f" {', '.join(marks)}" if marks else "")
     return [(drawn[:lo], "muted"), (drawn[lo:], style), (rest, "muted"), (note, style if marks else "muted")]
 

@@ -40,6 +40,7 @@ class SegmentRow:
     incarnation: int
     sender: str
     receiver: str
+    origin: str  # the sender, or the node that made this copy
     src: str
     dst: str
     flags: str
@@ -63,14 +64,16 @@ class SegmentRow:
 
     @property
     def label(self) -> str:
-        text = f"{flag_words(self.flags)} seq={self.rel_seq}"
+        text = f"{flag_words(self.flags)} seq={signed(self.rel_seq)}"
         if "A" in self.flags:
-            text += f" ack={self.rel_ack}"
+            text += f" ack={signed(self.rel_ack)}"
         return text + f" len={self.length}"
 
     @property
     def marks(self) -> list[str]:
         found = []
+        if self.origin != self.sender:
+            found.append(f"made at {self.origin}")
         if self.fate == "dropped":
             found.append(f"dropped after {self.dropped_after}")
         if self.rst:
@@ -98,8 +101,13 @@ class SegmentRow:
         return at[0] if at else None
 
     def departure(self) -> float:
-        at = [s.t for s in self.seen if s.node == self.sender]
+        at = [s.t for s in self.seen if s.node == self.origin]
         return at[0] if at else self.t
+
+
+def signed(relative: int) -> int:
+    """A relative sequence number as a person reads it: one from before the ISN is negative."""
+    return relative - 2**32 if relative >= 2**31 else relative
 
 
 @dataclass
@@ -336,13 +344,13 @@ def _segment_row(tx: Transmission, t0: float, connection_ids: dict, lanes: set[s
     payload = "".join(c if c.isprintable() else "." for c in payload)
     return SegmentRow(
         id=f"s{tx.number}", number=tx.number, t=tx.t - t0, connection=connection_ids.get((first.connection, first.incarnation)),
-        incarnation=first.incarnation, sender=tx.sender or first.src, receiver=tx.receiver or first.dst,
+        incarnation=first.incarnation, sender=tx.sender or first.src, receiver=tx.receiver or first.dst, origin=tx.origin,
         src=f"{first.src}:{first.sport}", dst=f"{first.dst}:{first.dport}", flags=first.flags, seq=first.seq, ack=first.ack,
         rel_seq=first.rel_seq, rel_ack=first.rel_ack, length=first.length, window=first.window,
         seen=[Sighting(f"{s.node}/{s.iface}", s.node, s.t - t0) for s in tx.sightings], fate=tx.fate,
         dropped_after=tx.last_seen if tx.dropped else None, retransmission=first.retransmission, duplicate_of=first.duplicate_of,
         dup_ack=first.dup_ack, keepalive=first.keepalive, out_of_window=first.out_of_window, rst=first.rst or None,
-        rules=[f"{a.action} by rule {a.rule} at {a.node}" for a in tx.rules], payload=payload)
+        rules=[f"rule {a.rule} at {a.node}: {a.action}" for a in tx.rules], payload=payload)
 
 
 def _socket_row(i: int, tl: SocketTimeline, timeline: Timeline, t0: float, connection_ids: dict) -> SocketRow:
