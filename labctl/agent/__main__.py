@@ -1,40 +1,50 @@
-"""Command line of the in-node agent: ``python3 -m labctl.agent COMMAND``."""
+"""Command line of the in-node agent: ``python3 -m labctl.agent COMMAND``.
+
+Each command imports only its own module: the agent runs once per node on
+every `up`, so its start-up time is part of every lab's start-up time.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
-from . import actor, hostfw, netsetup, probe, shaper, sysctl
+USAGE = ("usage: python3 -m labctl.agent {setup|hosts|inspect|probe|actor|sysctl|host-bridge-accept} [JSON]\n"
+         "       python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH) [--stats-file PATH] [--seed S]")
+
+
+def _json_arg(argv: list[str]) -> object:
+    return json.loads(argv[1]) if len(argv) > 1 else json.load(sys.stdin)
+
+
+# command -> (module, how to call it with the command line)
+COMMANDS = {
+    "setup": ("netsetup", lambda m, argv: m.apply(_json_arg(argv))),
+    "hosts": ("netsetup", lambda m, argv: m.write_hosts(_json_arg(argv))),
+    "inspect": ("netsetup", lambda m, argv: m.inspect()),
+    "sysctl": ("sysctl", lambda m, argv: m.apply(_json_arg(argv))),
+    "host-bridge-accept": ("hostfw", lambda m, argv: m.ensure()),
+    "probe": ("probe", lambda m, argv: m.run_all()),
+    # A daemon: runs until SIGTERM, then prints its final stats like any other command's result.
+    "shaper": ("shaper", lambda m, argv: m.main(argv[1:])),
+}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python3 -m labctl.agent {setup|hosts|inspect|probe|actor|sysctl|host-bridge-accept} [JSON on stdin]\n"
-              "       python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH) [--stats-file PATH] [--seed S]")
+        print(USAGE)
         return 0 if argv else 2
     command = argv[0]
-    if command == "setup":
-        config = json.loads(argv[1]) if len(argv) > 1 else json.load(sys.stdin)
-        result = netsetup.apply(config)
-    elif command == "hosts":
-        result = netsetup.write_hosts(json.loads(argv[1]) if len(argv) > 1 else json.load(sys.stdin))
-    elif command == "inspect":
-        result = netsetup.inspect()
-    elif command == "sysctl":
-        result = sysctl.apply(json.loads(argv[1]))
-    elif command == "actor":
+    if command == "actor":
+        from . import actor
+
         return actor.main(argv[1:])
-    elif command == "host-bridge-accept":
-        result = hostfw.ensure()
-    elif command == "probe":
-        result = probe.run_all()
-    elif command == "shaper":
-        # A daemon: runs until SIGTERM, then prints its final stats like any other command's result.
-        result = shaper.main(argv[1:])
-    else:
-        print(f"unknown agent command: {command}", file=sys.stderr)
+    if command not in COMMANDS:
+        print(f"unknown agent command: {command}\n{USAGE}", file=sys.stderr)
         return 2
+    module, call = COMMANDS[command]
+    result = call(importlib.import_module(f"{__package__}.{module}"), argv)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0 if result.get("ok", True) else 1

@@ -13,6 +13,8 @@ import io
 import json
 import os
 import select
+import shutil
+import subprocess
 import sys
 import tarfile
 import threading
@@ -183,7 +185,22 @@ class DockerEngine(Engine):
             self._refresh_hosts(plan.lab, kept)
 
     def _allow_bridged_frames(self, image: str, progress: Progress) -> None:
-        """See labctl/agent/hostfw.py: without this, br_netfilter hosts drop routed lab traffic."""
+        """See labctl/agent/hostfw.py: without this, br_netfilter hosts drop routed lab traffic.
+
+        As root on the engine's own host, the rule is checked in place (milliseconds);
+        otherwise a short-lived helper on the host's network namespace does it.
+        """
+        if self._engine_is_local() and os.geteuid() == 0 and shutil.which("iptables"):
+            from ..agent import hostfw
+
+            try:
+                actions = hostfw.ensure()["actions"]
+            except (OSError, subprocess.CalledProcessError):
+                actions = None
+            if actions is not None:
+                if any("added" in a for a in actions):
+                    progress("allowed bridged frames on lab bridges in the host's DOCKER-USER chain")
+                return
         labels = {LABEL_OWNER: OWNER, LABEL_LAB: "__host__", LABEL_ROLE: "host-firewall"}
         try:
             output = self.client.containers.run(image, [*AGENT, "host-bridge-accept"], network_mode="host", cap_add=["NET_ADMIN"],
@@ -193,6 +210,10 @@ class DockerEngine(Engine):
         actions = json.loads(output).get("actions", [])
         if any("added" in a for a in actions):
             progress("allowed bridged frames on lab bridges in the host's DOCKER-USER chain")
+
+    def _engine_is_local(self) -> bool:
+        host = os.environ.get("DOCKER_HOST", "")
+        return not host or host.startswith("unix://")
 
     def _create_network(self, plan: LabPlan, link: LinkPlan, remember: Callable[[str, str], None]) -> None:
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(link.subnet), gateway=str(link.gateway))])
