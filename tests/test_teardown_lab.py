@@ -1,0 +1,38 @@
+"""The teardown lab: every scenario, every matrix point, all expectations held, on the real kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from labctl import api
+from labctl.loader import load_lab, load_scenarios
+
+pytestmark = pytest.mark.engine
+
+SCENARIOS = ["normal-close", "lost-final-ack", "fin-to-closed", "linger-abort", "linger-timeout", "timewait-reuse",
+             "old-duplicate"]
+
+
+def test_the_lab_ships_every_scenario_of_the_course():
+    names = {one.scenario.name for one in load_scenarios(load_lab("teardown"))}
+    assert names == set(SCENARIOS)
+
+
+@pytest.fixture(scope="module")
+def outcomes(engine, node_image, tmp_path_factory):
+    engine.destroy("teardown")
+    try:
+        yield {o.scenario: o for o in api.run("teardown", engine=engine, root=tmp_path_factory.mktemp("results"))}
+    finally:
+        engine.destroy("teardown")
+
+
+@pytest.mark.parametrize("label", [
+    "normal-close", "lost-final-ack", "fin-to-closed[method=kill]", "fin-to-closed[method=no_tw_buckets]",
+    "linger-abort", "linger-timeout", "timewait-reuse[tw_reuse=0]", "timewait-reuse[tw_reuse=1]",
+    "old-duplicate[timestamps=1]", "old-duplicate[timestamps=0]",
+])
+def test_scenario_holds(outcomes, label):
+    outcome = outcomes[label]
+    failed = [f"{v['description']}: observed {v['observed']}" for v in outcome.verdicts if not v["passed"]]
+    assert outcome.passed, f"{outcome.path}: " + "; ".join(failed)
