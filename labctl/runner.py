@@ -14,6 +14,7 @@ import io
 import json
 import platform
 import tarfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class ScenarioRun:
         self.step_nodes: dict[str, str] = {}
         self.addresses = {str(i.address.ip): node.name for node in plan.nodes for i in node.interfaces}
         self.kernel = KernelEvents(self.addresses, self._kernel_event)
+        self.lost = threading.Event()  # set by any actor that goes away during the run
 
     # --- records -----------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class ScenarioRun:
                       # Rules need to see each connection's SYNs to number its sequence space.
                       "rules": any(step.kind == "rule" and step.node == node.name for step in self.one.scenario.steps)}
             session = ActorSession(self.engine, self.plan.lab, node.name, config,
-                                   self.rundir.path / "logs" / f"{node.name}-actor.log", self._actor_event)
+                                   self.rundir.path / "logs" / f"{node.name}-actor.log", self._actor_event, self.lost)
             self.sessions[node.name] = session
             return node.name, session.wait_ready()
 
@@ -169,6 +171,7 @@ class ScenarioRun:
     def _finish(self, observers: dict) -> None:
         def stop(item) -> None:
             name, session = item
+            session.stopping = True
             try:
                 session.call("stop", timeout=20)
             except NodeLost:
@@ -185,7 +188,11 @@ class ScenarioRun:
             except Exception as exc:  # a dead node has nothing to restore
                 self.progress(f"could not restore sysctls on {node}: {exc}")
         for node in self.plan.nodes:
-            self._collect(node.name)
+            try:
+                self._collect(node.name)
+            except Exception as exc:  # a removed node has nothing to give; the others still do
+                observers.setdefault("not_collected", {})[node.name] = str(exc)
+                self.progress(f"could not collect from {node.name}: {exc}")
 
     def _collect(self, node: str) -> None:
         """Copy what a node recorded into the run directory (works on a stopped node too)."""
@@ -309,7 +316,9 @@ class ScenarioRun:
             return self._call(node, "release", args, 10, step)
         if kind == "sleep":
             started = time.time()
-            time.sleep(action)
+            if self.lost.wait(action):  # a node that dies during a sleep ends the run at once
+                lost = next((n for n, s in self.sessions.items() if s.closed), "a node")
+                raise NodeLost(f"node {lost} went away during the run")
             return {"ok": True, "t_start": started, "t_end": time.time(), "result": {"slept": action}}
         if kind == "wait":
             if action.state:

@@ -18,8 +18,9 @@ class NodeLost(Exception):
 
 class ActorSession:
     def __init__(self, engine: Engine, lab: str, node: str, config: dict, log_path: Path,
-                 on_event: Callable[[str, dict], None] | None = None):
+                 on_event: Callable[[str, dict], None] | None = None, lost: threading.Event | None = None):
         self.node = node
+        self.lost = lost or threading.Event()  # set when this actor goes away
         self.on_event = on_event or (lambda node, event: None)
         self.stream = engine.attach(lab, node, [*AGENT, "actor", json.dumps(config)])
         self.log = open(log_path, "ab")
@@ -29,6 +30,7 @@ class ActorSession:
         self.next_id = 0
         self.ready: dict | None = None
         self.closed = False
+        self.stopping = False  # the runner asked the actor to stop: its end is no loss
         self.reader = threading.Thread(target=self._read, daemon=True, name=f"actor-{node}")
         self.reader.start()
 
@@ -55,6 +57,8 @@ class ActorSession:
             with self.lock:
                 self.closed = True
                 self.arrived.notify_all()
+            if not self.stopping:
+                self.lost.set()
 
     def _dispatch(self, message: dict) -> None:
         if message.get("event"):
@@ -99,6 +103,7 @@ class ActorSession:
             return "no log"
 
     def close(self) -> None:
+        self.stopping = True
         self.stream.close()
         self.reader.join(timeout=2)
         self.log.close()

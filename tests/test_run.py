@@ -146,3 +146,30 @@ def test_an_interrupted_run_is_incomplete_readable_and_leaves_no_orphans(engine,
         assert "labctl.agent actor" not in ps and "tcpdump" not in ps, ps
     helpers = engine.client.containers.list(all=True, filters={"label": "org.labctl.owner=labctl"})
     assert not [c.name for c in helpers if c.labels.get("org.labctl.lab", "").startswith("__")]
+
+
+def test_a_node_dying_mid_run_marks_the_run_incomplete_and_keeps_the_rest(engine, runlab, tmp_path):
+    import threading
+
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.extend(api.run(runlab, ["slow"], engine=engine, root=tmp_path)))
+    worker.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        found = list(tmp_path.glob("runlab/*/steps.jsonl"))
+        if found and any(r.get("kind") == "send" for r in read_jsonl(found[0])):
+            break
+        time.sleep(0.2)
+    engine.client.containers.get("labctl-runlab-server").kill()
+    worker.join(timeout=60)
+    try:
+        [result] = outcome
+        assert result.status == "incomplete"
+        run = read_json(result.path / "run.json")
+        assert "server" in run["reason"]
+        # The client's and the router's captures are kept; the dead server's too (copied from the stopped container).
+        assert (result.path / "pcaps" / "client-left.pcap").stat().st_size > 24
+        assert (result.path / "pcaps" / "router-right.pcap").stat().st_size > 24
+        assert not result.passed
+    finally:
+        api.up(runlab, engine=engine)  # the module's lab, whole again for whatever runs next
