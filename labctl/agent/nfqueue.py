@@ -38,6 +38,9 @@ Kernel behaviour this module relies on:
   ``recv`` fails with ENOBUFS: that is counted as an overrun, not an error.
 - Closing the socket (or UNBIND) drops every packet still waiting for a
   verdict: release them first.
+- Seen on this workplace's kernel: NFQA_CFG_F_CONNTRACK is refused with
+  EOPNOTSUPP (no nfnetlink conntrack glue built in), and forwarded packets
+  carry no NFQA_TIMESTAMP, so arrival time is taken when we read them.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
 SO_RCVBUFFORCE = 33
 
 # nlmsghdr
@@ -333,8 +335,6 @@ class NfQueue:
                                      flags_mask=NFQA_CFG_F_FAIL_OPEN, seq=self._next_seq()),
                       what=f"binding NFQUEUE {number}")
         self.numbers.append(number)
-        self._templates[(number, False)] = verdict_message(number, 0, NF_ACCEPT)
-        self._templates[(number, True)] = verdict_message(number, 0, NF_ACCEPT, mark=0)
 
     def _grow_rcvbuf(self, size: int) -> None:
         # A deep receive buffer absorbs bursts; FORCE passes rmem_max (needs CAP_NET_ADMIN, which nodes have).
@@ -439,7 +439,10 @@ class NfQueue:
                 mark: int | None = None, queue: int | None = None) -> None:
         number = self.number if queue is None else queue
         if payload is None:
-            template = self._templates[(number, mark is not None)]
+            template = self._templates.get((number, mark is not None))
+            if template is None:
+                template = self._templates[(number, mark is not None)] = verdict_message(
+                    number, 0, NF_ACCEPT, mark=None if mark is None else 0)
             o = self._reserve(len(template))
             self._out[o:o + len(template)] = template
             VERDICT_HDR.pack_into(self._out, o + HEADER_LEN + NLATTR.size, verdict, packet_id)

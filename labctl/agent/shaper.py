@@ -3,19 +3,19 @@
     python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH)
                                    [--stats-file PATH] [--seed S] [--fail-open] [--bypass-mark M]
 
-Two iptables rules (see ``queue_rules``) hand every packet leaving one
-interface to NFQUEUE N, or N + 32768 while its conntrack entry is not yet
-confirmed; this daemon decides each packet's fate and gives the kernel its
+Two iptables rules (``queue_rules``) hand every packet leaving one interface
+to NFQUEUE N, or to N + 32768 while its conntrack entry is still unconfirmed;
+this daemon binds both, decides each packet's fate and gives the kernel its
 verdict:
 
-- delay: the verdict is held and issued at the due time (one heap, one
-  timer loop on the monotonic clock), so the kernel itself still routes the
-  packet and decrements its TTL. With jitter, packets may overtake each
-  other, as in netem's time-sorted queue.
+- delay (+ jitter, uniform or normal): the verdict is held and issued at the
+  due time (one heap, one timer loop on the monotonic clock), so the kernel
+  itself still routes the packet and decrements its TTL. With jitter,
+  packets may overtake each other, as in netem's time-sorted queue.
 - loss: an NF_DROP verdict at once.
 - duplicate: NFQUEUE has no clone verdict, so a copy is sent through a raw
   IPv4 socket (IP_HDRINCL) right after the original is released. The copy
-  carries SO_MARK = the bypass mark, which the queue rule skips, so it is
+  carries SO_MARK = the bypass mark, which the queue rules skip, so it is
   not queued again. As in netem, a packet both duplicated and lost goes out
   once.
 - reorder (netem semantics, gap 1): with a delay set, reorder_pct of the
@@ -25,6 +25,14 @@ verdict:
   packet is routed and the receiver's transport checksum rejects it, as on
   a real wire.
 
+Conntrack: the kernel confirms a new flow's entry only after POSTROUTING, so
+while a flow's first packet is held every later packet of it carries an
+unconfirmed entry of its own, and would be dropped on release (insert_failed)
+once the first one confirmed the flow: a ping faster than the delay lost its
+first few echoes that way. Such packets come on the second queue; when one of
+their flow has been let go first, their bytes leave through the raw socket
+(which finds the confirmed entry) instead of by verdict. Counted as ``resent``.
+
 Correlation (``*_correlation_pct``) makes consecutive decisions alike while
 keeping the configured rate: a two-state chain where P(hit | last hit) =
 p + c(1-p) and P(hit | last miss) = p(1-c). (netem's own correlation blends
@@ -32,9 +40,12 @@ uniform draws, which also changes the rate it gives; see tc-netem(8).)
 
 Signals: SIGHUP re-reads --config-file (held packets keep their due time);
 SIGUSR1 writes the stats file; SIGTERM or SIGINT release every held packet,
-write the stats file and exit 0. The stats file is first written once the
-queue is bound, so its appearance means "ready". ``--seed`` makes every
-decision reproducible for the same packet sequence.
+write the stats file and exit 0 (printing the stats as the command's JSON
+result). The stats file is first written once both queues are bound, so its
+appearance means "ready". It holds the counters of ``Stats``, ``held``,
+``release_late_ms`` (how late the last 4096 delayed packets left, past their
+due time: the daemon's own timing error) and the kernel's counters for both
+queues. ``--seed`` makes every decision reproducible for the same packets.
 """
 
 from __future__ import annotations
@@ -184,10 +195,6 @@ class Chance:
         return self.last
 
 
-# A packet's fate: (drop, delay in seconds, duplicate, corrupt, reordered).
-Fate = tuple
-
-
 class Fates:
     """Draws each packet's fate, in netem's order: duplicate, loss, corrupt, then delay or reorder."""
 
@@ -208,7 +215,8 @@ class Fates:
         # Nothing to draw: every packet gets the same delay (the fast path of the daemon).
         self.constant = not (self.loss or self.duplicate or self.corrupt or self.reorder or self.jitter)
 
-    def next(self) -> Fate:
+    def next(self) -> tuple[bool, float, bool, bool, bool]:
+        """(drop, delay in seconds, duplicate, corrupt, reordered) for the next packet."""
         duplicate = self.duplicate() if self.duplicate else False
         if self.loss and self.loss():
             if not duplicate:
@@ -267,7 +275,7 @@ def flow_key(packet: bytes) -> bytes | None:
 @dataclass
 class Stats:
     seen: int = 0
-    delivered: int = 0     # accepted (after their delay), copies not counted
+    delivered: int = 0     # let go after their delay (accepted, or resent), copies not counted
     dropped: int = 0
     duplicated: int = 0    # copies sent
     corrupted: int = 0
@@ -313,7 +321,7 @@ class Shaper:
         self.drops: list[int] = []
         self.out_copies: list[bytes] = []
         self.raw: socket.socket | None = None
-        self.spin = 0.0                         # seconds to wake before a due time and poll (see --spin-us)
+        self.buf = bytearray(nfq.NfQueue.RECV_SIZE)          # every datagram is read into it
         self.late = array("d", bytes(8 * (LATE_MASK + 1)))   # how late recent releases were, a ring
         self.late_n = 0
         self.stopping = False
@@ -366,6 +374,7 @@ class Shaper:
         self.fates = Fates(imp, self.rng)
         self.stats.reloads += 1
         self.log(f"shaper: queue {self.queue.number}: config {json.dumps(asdict(imp))}")
+        self._take_backlog()   # packets read while the queue length was being set
 
     # --- stats ----------------------------------------------------------------------
 
@@ -554,7 +563,7 @@ class Shaper:
     def run(self, wake: socket.socket) -> None:
         q = self.queue
         sock = q.sock
-        buf = bytearray(nfq.NfQueue.RECV_SIZE)
+        buf = self.buf
         recv_into = sock.recv_into
         heap = self.heap
         heappush = heapq.heappush
@@ -567,27 +576,22 @@ class Shaper:
         sends, drops, held_order = self.sends, self.drops, self.held_order
         wake_fd = wake.fileno()
         waiting = [sock.fileno(), wake_fd]
-        spin = self.spin
         # The loop makes no reference cycles; a full collection over thousands of held
         # packets would stall releases for milliseconds.
         gc.freeze()
         gc.disable()
         drained = True
 
-        for data in q._backlog:  # packets that came while we were binding
-            buf[:len(data)] = data
-            self._take(buf, len(data), monotonic())
-        q._backlog.clear()
-
+        self._take_backlog()   # packets that came while we were binding
         while not self.stopping:
             if self.want_reload:
                 self.reload()
             if self.want_stats:
                 self.write_stats()
             if drained:
-                timeout = heap[0][0] - monotonic() - spin if heap else None
-                if timeout is None or timeout > 0 or spin:
-                    ready, _, _ = select.select(waiting, [], [], timeout if timeout is None or timeout > 0 else 0)
+                timeout = heap[0][0] - monotonic() if heap else None
+                if timeout is None or timeout > 0:
+                    ready, _, _ = select.select(waiting, [], [], timeout)
                     if wake_fd in ready:
                         try:
                             wake.recv(512)
@@ -646,6 +650,14 @@ class Shaper:
             self._let_go(heapq.heappop(self.heap)[1])
         self._flush()
 
+    def _take_backlog(self) -> None:
+        """Packets NfQueue read while it waited for a request's answer."""
+        backlog = self.queue._backlog
+        while backlog:
+            data = backlog.pop(0)
+            self.buf[:len(data)] = data
+            self._take(self.buf, len(data), time.monotonic())
+
     def _take(self, buf, n: int, now: float) -> None:
         """Every message of a datagram, the general way."""
         packet_type = nfq.msg_type(nfq.NFQNL_MSG_PACKET)
@@ -656,6 +668,7 @@ class Shaper:
                 if number == self.new_queue:
                     tag |= NEW
                 elif number != self.queue.number:
+                    self.queue.verdict(tag, nfq.NF_ACCEPT, queue=number)  # not ours to shape
                     continue
                 self._arrive(buf, start, end, tag, now, self.fates)
             elif kind == nfq.NLMSG_ERROR:
@@ -681,8 +694,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed for every random decision (reproducible runs)")
     parser.add_argument("--fail-open", action="store_true",
                         help="when the queue is full, pass packets unshaped instead of dropping them (netem drops)")
-    parser.add_argument("--spin-us", type=int, default=0,
-                        help="wake this long before a due time and poll until it: tighter delays for CPU time")
     parser.add_argument("--bypass-mark", type=lambda s: int(s, 0), default=BYPASS_MARK,
                         help=f"SO_MARK of the packets the shaper sends itself; the queue rules skip it (default {BYPASS_MARK:#x})")
     return parser.parse_args(argv)
@@ -705,7 +716,6 @@ def main(argv: list[str]) -> dict:
         return {"ok": False, "error": str(exc)}
     shaper = Shaper(queue, imp, random.Random(args.seed), new_queue=new_queue, config_file=args.config_file,
                     stats_file=args.stats_file, bypass_mark=args.bypass_mark, seed=args.seed)
-    shaper.spin = max(0, args.spin_us) / 1e6
     try:
         queue.bind(new_queue, maxlen=imp.limit, fail_open=args.fail_open)
         # Copies and resent packets go out through it: fail now, not at the first one, without NET_RAW/NET_ADMIN.
