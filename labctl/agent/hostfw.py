@@ -27,10 +27,14 @@ def ensure() -> dict:
         listed = subprocess.run([tool, "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
         if listed.returncode != 0:
             continue  # this backend holds no Docker chains
-        present = subprocess.run([tool, "-w", "-C", "DOCKER-USER", *RULE], capture_output=True, text=True)
-        if present.returncode != 0:
-            subprocess.run([tool, "-w", "-I", "DOCKER-USER", "1", *RULE], check=True, capture_output=True, text=True)
-            done.append(f"{tool}: rule added")
-        else:
-            done.append(f"{tool}: rule present")
+        # Also at the top of FORWARD itself: when Docker creates a network it takes the jump to
+        # DOCKER-USER out and puts it back on top, and frames crossing in between would meet
+        # the isolation rules alone.
+        for chain in ("DOCKER-USER", "FORWARD"):
+            present = subprocess.run([tool, "-w", "-C", chain, *RULE], capture_output=True, text=True)
+            if present.returncode != 0:
+                subprocess.run([tool, "-w", "-I", chain, "1", *RULE], check=True, capture_output=True, text=True)
+                done.append(f"{tool} {chain}: rule added")
+            else:
+                done.append(f"{tool} {chain}: rule present")
     return {"ok": True, "actions": done, "docker_user_chain": bool(done)}
