@@ -20,7 +20,7 @@ from typing import Any
 
 from ..rundir import read_jsonl
 from .segments import Connection, Segment, capture_path
-from .states import SocketTimeline, Transition
+from .states import SocketTimeline
 from .verdicts import RunView
 
 HELD = 0.010  # seconds between entering and leaving a router beyond which a packet counts as held there
@@ -72,6 +72,13 @@ class Transmission:
     @property
     def dropped(self) -> bool:
         return self.fate == "dropped"
+
+    @property
+    def dropped_at(self) -> str | None:
+        """Where a dropped segment died: the node whose rule dropped it, else the last node that saw it."""
+        if not self.dropped:
+            return None
+        return next((a.node for a in self.rules if a.action == "drop"), self.last_seen)
 
     def seen_at(self, node: str) -> list[Segment]:
         return [s for s in self.sightings if s.node == node]
@@ -247,7 +254,7 @@ def _acted(transmissions: list[Transmission], rules: list[RuleAction], nodes: di
     for tx in transmissions:
         for node in {s.node for s in tx.sightings} - {tx.sender, tx.receiver}:
             at = tx.seen_at(node)
-            if tx.dropped and tx.last_seen == node:
+            if tx.dropped and tx.dropped_at == node:
                 acted.setdefault(node, []).append(f"dropped #{tx.number}")
             elif tx.origin == node:
                 made = f"duplicated #{tx.first.duplicate_of}" if tx.first.duplicate_of is not None else f"sent #{tx.number} in {tx.sender}'s name"
@@ -285,18 +292,28 @@ def marks(segment: Segment, fate: str = "delivered") -> list[str]:
     return found
 
 
+def signed(relative: int) -> int:
+    """A relative sequence number as a person reads it: one from before the ISN is negative."""
+    return relative - 2**32 if relative >= 2**31 else relative
+
+
+def label(flags: str, rel_seq: int, rel_ack: int, length: int) -> str:
+    """'FIN ACK seq=6 ack=1 len=0': what a ladder writes on a segment's arrow."""
+    text = f"{flag_words(flags)} seq={signed(rel_seq)}"
+    if "A" in flags:
+        text += f" ack={signed(rel_ack)}"
+    return text + f" len={length}"
+
+
 def segment_label(segment: Segment) -> str:
-    text = f"{flag_words(segment.flags)} seq={segment.rel_seq}"
-    if "A" in segment.flags:
-        text += f" ack={segment.rel_ack}"
-    return text + f" len={segment.length}"
+    return label(segment.flags, segment.rel_seq, segment.rel_ack, segment.length)
 
 
 def _segment_text(tx: Transmission) -> str:
     ends = f"{tx.sender or tx.first.src} > {tx.receiver or tx.first.dst}"
     extra = marks(tx.first, tx.fate)
     if tx.dropped:
-        extra[0] = f"dropped after {tx.last_seen}"
+        extra[0] = f"dropped at {tx.dropped_at}"
     return f"#{tx.number} {ends} {segment_label(tx.first)}" + (f" ({', '.join(extra)})" if extra else "")
 
 

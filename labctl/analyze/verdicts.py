@@ -294,8 +294,9 @@ JUDGES = {"events": _judge_events, "segments": _judge_segments, "no_segments": _
           "step": _judge_step, "data": _judge_data}
 
 
-def judge(run_dir: Path) -> list[dict]:
-    view = RunView(run_dir)
+def judge(run_dir: Path, view: RunView | None = None) -> list[dict]:
+    """``view``: the run directory already loaded (a report loads it once for everything)."""
+    view = view or RunView(run_dir)
     verdicts: list[dict] = []
     covered: set[str] = set()
     for index, written in enumerate(view.run.get("expect", [])):

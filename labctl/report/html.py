@@ -11,7 +11,7 @@ from markupsafe import Markup
 
 from . import ladder
 from .markdown import FOLD_TABLE
-from .model import REPORT_SCHEMA_VERSION, Comparison, Report, band_text, format_duration, format_ms, generator
+from .model import REPORT_SCHEMA_VERSION, Comparison, Report, band_text, format_duration, format_ms, generator, params_text
 from .term import when
 
 ALERT = {"retransmissions", "duplicates", "out_of_window", "resets", "dropped", "failed"}
@@ -62,28 +62,16 @@ def render(report: Report, *, fold: bool = True) -> str:
             return f"step {e.ref[4:]}"
         return f"socket {e.ref}" if e.kind == "states" else str(e.ref)
 
-    report_view = _View(report)
     return _environment().get_template("report.html.j2").render(
-        r=report_view, css=_css(), ladder_svg=Markup(ladder.svg(report, budget)), bands_svg=Markup(ladder.bands_svg(report)),
+        r=report, duration_text=format_duration(report.duration), css=_css(), ladder_svg=Markup(ladder.svg(report, budget)), bands_svg=Markup(ladder.bands_svg(report)),
         held=sum(v.passed for v in report.verdicts), started=when(report.run.get("started")), folded=folded,
         segment_rows=rows, timeline_rows=timeline, evidence_href=evidence_href, evidence_label=evidence_label,
         band_text=lambda b: band_text(b, report), tag_class=_tag_class, alert_keys=ALERT, prefix="")
 
 
-class _View:
-    """The report as the template sees it: attributes of the report, plus a few words."""
-
-    def __init__(self, report: Report):
-        self._report = report
-        self.duration_text = format_duration(report.duration)
-
-    def __getattr__(self, name: str):
-        return getattr(self._report, name)
-
-
 def render_compare(comparison: Comparison) -> str:
     return _environment().get_template("compare.html.j2").render(
-        c=comparison, css=_css(), ladder_a=Markup(ladder.svg(comparison.a, prefix="a-")),
+        c=comparison, css=_css(), params_a=params_text(comparison.a), params_b=params_text(comparison.b), ladder_a=Markup(ladder.svg(comparison.a, prefix="a-")),
         ladder_b=Markup(ladder.svg(comparison.b, prefix="b-")), marks={"equal": "", "replace": "≠", "delete": "−", "insert": "+"},
         verdict_word=lambda v: "-" if v is None else ("✔ pass" if v else "✘ FAIL"),
         verdict_class=lambda v: "" if v is None else ("ok" if v else "bad"))

@@ -49,7 +49,7 @@ def report_json(report: Report) -> dict:
         "segments": [{
             "id": s.id, "number": s.number, "t": _t(s.t), "connection": s.connection, "incarnation": s.incarnation,
             "from": s.sender, "to": s.receiver, "origin": s.origin, "src": s.src, "dst": s.dst, "flags": s.flags, "seq": s.seq, "ack": s.ack,
-            "rel_seq": s.rel_seq, "rel_ack": s.rel_ack, "len": s.length, "window": s.window,
+            "rel_seq": s.rel_seq, "rel_ack": s.rel_ack, "len": s.length, "window": s.window, "ip_id": s.ip_id,
             "seen": [{"at": x.at, "t": _t(x.t)} for x in s.seen], "fate": s.fate, "dropped_after": s.dropped_after,
             "retransmission": s.retransmission, "duplicate_of": s.duplicate_of, "dup_ack": s.dup_ack, "keepalive": s.keepalive,
             "out_of_window": s.out_of_window, "rst": s.rst, "rules": s.rules, "payload": s.payload,

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from ..analyze.timeline import HELD
-from .model import Band, Report, SegmentRow, format_duration, format_ms, signed
+from ..analyze.timeline import HELD, signed
+from .model import Band, Report, SegmentRow, format_duration, format_ms
 
 FOLD_BUDGET = 400  # items drawn before a ladder is folded
 CONTEXT = 2  # ordinary items kept on each side of a remarkable one
@@ -86,7 +86,7 @@ def items(report: Report, budget: int | None = FOLD_BUDGET) -> list[Item]:
     lanes = {lane.name for lane in report.lanes}
     found: list[Item] = []
     for s in report.segments:
-        found.append(Item(s.departure(), "segment", s.sender, s.label, s, _priority(s)))
+        found.append(Item(s.departure(), "segment", s.origin, s.label, s, _priority(s)))
     for k in report.sockets:
         # A socket with no connection in the captures (and not listening) is kernel noise from
         # before the run, e.g. a lingering socket of an earlier run: the state table lists it.
@@ -214,7 +214,7 @@ def svg(report: Report, budget: int | None = FOLD_BUDGET, prefix: str = "") -> s
     out.append(f"<title>Ladder diagram: {escape(report.title)}</title>")
     out.append("<defs>")
     for style, color in COLORS.items():
-        out.append(f'<marker id="{prefix}head-{style}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8" '
+        out.append(f'<marker id="{prefix}head-{style}" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" '
                    f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>')
     out.append("</defs>")
     out.append(f'<rect x="0" y="0" width="{w}" height="{h:.0f}" fill="#ffffff"/>')
@@ -306,7 +306,7 @@ def _arrow(segment: SegmentRow, layout: _Layout, prefix: str) -> str:
         after = segment.dropped_after
         if after in layout.x and after != segment.origin:
             sight = [s.t for s in segment.seen if s.node == after]
-            points.append((layout.x[after], layout.y(max(sight))))
+            points.append((layout.x[after], layout.y(max(sight)) if sight else layout.y(start) + 10))
         else:
             # Lost before any other capture saw it: the cross goes halfway to the receiver.
             target = layout.x.get(segment.receiver, x0 + 80)
@@ -484,14 +484,11 @@ def text_lines(report: Report, budget: int | None = 120, gap: int | None = None)
     left = 26  # room for the first lane's notes
     col = {name: left + i * gap for i, name in enumerate(lanes)}
     width = left + (n - 1) * gap + 1
-    header = [" " * 10]
-    line = [" "] * (width + 30)
-    for name in lanes:
+    names = [" "] * (width + 30)
+    for name in lanes:  # each lane's name centred over its line
         start = max(col[name] - len(name) // 2, 0)
-        for i, ch in enumerate(name):
-            line[start + i] = ch
-    header_text = "".join(line).rstrip()
-    result: list[list[Span]] = [[("  t (ms)  " + header_text[0:], "bold")]]
+        names[start:start + len(name)] = name
+    result: list[list[Span]] = [[("  t (ms)  " + "".join(names).rstrip(), "bold")]]
     for item in shown:
         if item.kind == "fold":
             result.append([(" " * 10 + "⋮ " + fold_text(item), "muted")])

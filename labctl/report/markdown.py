@@ -7,7 +7,7 @@ Renders on GitHub and GitLab, and in any Markdown viewer: segment rows carry an
 from __future__ import annotations
 
 from . import ladder
-from .model import Comparison, Report, band_text, format_ms
+from .model import Comparison, Report, band_text, format_ms, params_text
 from .term import when
 
 FOLD_TABLE = 400
@@ -117,8 +117,8 @@ def render(report: Report, *, fold: bool = True, heading: int = 1) -> str:
 def render_compare(comparison: Comparison) -> str:
     a, b = comparison.a, comparison.b
     out = ["# labctl comparison", "",
-           f"- **A**: {cell(a.title)}, {'passed' if a.passed else '**FAILED**'}, {code(str(a.run_dir))}",
-           f"- **B**: {cell(b.title)}, {'passed' if b.passed else '**FAILED**'}, {code(str(b.run_dir))}", "",
+           f"- **A**: {cell(a.title)}, {'passed' if a.passed else '**FAILED**'}, {code(str(a.run_dir))}, parameters {code(params_text(a))}",
+           f"- **B**: {cell(b.title)}, {'passed' if b.passed else '**FAILED**'}, {code(str(b.run_dir))}, parameters {code(params_text(b))}", "",
            f"{comparison.differences} difference(s); rows that differ are marked **≠** and in bold.", "",
            "## Counts", "", "| | A | B | |", "|---|---|---|---|"]
     for name, x, y in comparison.summary:

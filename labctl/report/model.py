@@ -10,6 +10,7 @@ endpoint, plus one per router that acted.
 from __future__ import annotations
 
 import difflib
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 from .. import __version__
 from ..analyze.segments import RST_KINDS
 from ..analyze.states import SocketTimeline
-from ..analyze.timeline import Timeline, Transmission, flag_words, load, marks, segment_label, step_call, step_outcome
+from ..analyze import timeline as timelines
+from ..analyze.timeline import Timeline, Transmission, label, step_call, step_outcome
+from ..analyze.verdicts import RunView
 from ..errors import UserError
 from ..rundir import read_json
 
@@ -50,6 +53,7 @@ class SegmentRow:
     rel_ack: int
     length: int
     window: int
+    ip_id: int
     seen: list[Sighting]
     fate: str
     dropped_after: str | None
@@ -64,10 +68,7 @@ class SegmentRow:
 
     @property
     def label(self) -> str:
-        text = f"{flag_words(self.flags)} seq={signed(self.rel_seq)}"
-        if "A" in self.flags:
-            text += f" ack={signed(self.rel_ack)}"
-        return text + f" len={self.length}"
+        return label(self.flags, self.rel_seq, self.rel_ack, self.length)
 
     @property
     def marks(self) -> list[str]:
@@ -104,10 +105,6 @@ class SegmentRow:
         at = [s.t for s in self.seen if s.node == self.origin]
         return at[0] if at else self.t
 
-
-def signed(relative: int) -> int:
-    """A relative sequence number as a person reads it: one from before the ISN is negative."""
-    return relative - 2**32 if relative >= 2**31 else relative
 
 
 @dataclass
@@ -281,9 +278,12 @@ def resolve_run(ref: str | Path | None, root: Path | None = None) -> Path:
         return sorted((p for p in path.iterdir() if (p / "run.json").exists()), key=lambda p: p.name)[-1]
     if path.exists() and not (path / "lab.yaml").exists() and path.suffix not in (".yaml", ".yml"):
         raise UserError(f"{path} is not a run directory (it has no run.json)")
-    from ..api import lab_name
+    if path.exists():  # a lab directory or file: its runs are filed under its name
+        from ..loader import load_lab
 
-    lab = lab_name(ref)
+        lab = load_lab(path).lab.name
+    else:
+        lab = str(ref)
     found = latest_run(lab, root)
     if found is None:
         raise UserError(f"no runs of lab '{lab}' under {root}", hint=f"run one first: `labctl run {lab}`")
@@ -293,16 +293,16 @@ def resolve_run(ref: str | Path | None, root: Path | None = None) -> Path:
 def build(run_dir: Path) -> Report:
     if not (run_dir / "run.json").exists():
         raise UserError(f"{run_dir} is not a run directory (it has no run.json)")
-    timeline = load(run_dir)
+    view = RunView(run_dir)
+    timeline = timelines.build(view)
     t0 = timeline.t0
 
     def rel(t: float | None) -> float | None:
         return None if t is None else t - t0
 
     lanes = _lanes(timeline)
-    lane_names = {lane.name for lane in lanes}
     connection_ids = {(c.name, c.incarnation): f"c{i + 1}" for i, c in enumerate(timeline.connections)}
-    segments = [_segment_row(tx, t0, connection_ids, lane_names) for tx in timeline.transmissions]
+    segments = [_segment_row(tx, t0, connection_ids) for tx in timeline.transmissions]
     by_number = {s.number: s for s in segments}
     counts: dict[tuple, int] = {}
     for tx in timeline.transmissions:
@@ -332,13 +332,13 @@ def build(run_dir: Path) -> Report:
         elif event.kind == "rule":
             ref = by_number[event.ref.transmission].id if event.ref.transmission in by_number else None
         rows.append(TimelineRow(event.t - t0, event.kind, event.node, event.text, ref))
-    verdicts = _verdicts(run_dir, timeline, segments, sockets, socket_ids, steps)
+    verdicts = _verdicts(run_dir, view, timeline, sockets, steps)
     report = Report(run_dir, timeline.run, t0, timeline.t_end - t0, lanes, segments, connections, sockets, steps, rules, verdicts,
                     rows, [f"{n}/{i}" for n, i in timeline.captures], _notes(timeline), timeline.kernel)
     return report
 
 
-def _segment_row(tx: Transmission, t0: float, connection_ids: dict, lanes: set[str]) -> SegmentRow:
+def _segment_row(tx: Transmission, t0: float, connection_ids: dict) -> SegmentRow:
     first = tx.first
     payload = first.payload[:48].decode("utf-8", "replace") if first.payload else ""
     payload = "".join(c if c.isprintable() else "." for c in payload)
@@ -346,9 +346,9 @@ def _segment_row(tx: Transmission, t0: float, connection_ids: dict, lanes: set[s
         id=f"s{tx.number}", number=tx.number, t=tx.t - t0, connection=connection_ids.get((first.connection, first.incarnation)),
         incarnation=first.incarnation, sender=tx.sender or first.src, receiver=tx.receiver or first.dst, origin=tx.origin,
         src=f"{first.src}:{first.sport}", dst=f"{first.dst}:{first.dport}", flags=first.flags, seq=first.seq, ack=first.ack,
-        rel_seq=first.rel_seq, rel_ack=first.rel_ack, length=first.length, window=first.window,
+        rel_seq=first.rel_seq, rel_ack=first.rel_ack, length=first.length, window=first.window, ip_id=first.ip_id,
         seen=[Sighting(f"{s.node}/{s.iface}", s.node, s.t - t0) for s in tx.sightings], fate=tx.fate,
-        dropped_after=tx.last_seen if tx.dropped else None, retransmission=first.retransmission, duplicate_of=first.duplicate_of,
+        dropped_after=tx.dropped_at, retransmission=first.retransmission, duplicate_of=first.duplicate_of,
         dup_ack=first.dup_ack, keepalive=first.keepalive, out_of_window=first.out_of_window, rst=first.rst or None,
         rules=[f"rule {a.rule} at {a.node}: {a.action}" for a in tx.rules], payload=payload)
 
@@ -413,8 +413,7 @@ def _lanes(timeline: Timeline) -> list[Lane]:
     return lanes
 
 
-def _verdicts(run_dir: Path, timeline: Timeline, segments: list[SegmentRow], sockets: list[SocketRow], socket_ids: dict,
-              steps: list[StepRow]) -> list[VerdictRow]:
+def _verdicts(run_dir: Path, view: RunView, timeline: Timeline, sockets: list[SocketRow], steps: list[StepRow]) -> list[VerdictRow]:
     """The verdicts the run recorded (its exit status came from them), or judged now from the directory."""
     path = run_dir / "verdicts.json"
     if path.exists():
@@ -423,7 +422,7 @@ def _verdicts(run_dir: Path, timeline: Timeline, segments: list[SegmentRow], soc
     else:
         from ..analyze.verdicts import judge
 
-        verdicts = judge(run_dir)
+        verdicts = judge(run_dir, view)
     sighting: dict[tuple[str, float], str] = {}
     for tx in timeline.transmissions:
         for s in tx.sightings:
@@ -500,7 +499,7 @@ def flow_lines(report: Report) -> list[str]:
     """What happened, in order, in words that do not depend on ports, ISNs or times: comparable across runs."""
     items: list[tuple[float, int, str]] = []
     for s in report.segments:
-        extra = [m for m in s.marks if not m.startswith(("drop", "RST"))]
+        extra = [m for m in s.marks if not m.startswith("drop")]
         fate = " DROPPED" if s.fate == "dropped" else ""
         items.append((s.t, 1, f"{s.sender} > {s.receiver}: {s.label}{fate}" + (f" ({', '.join(extra)})" if extra else "")))
     for k in report.sockets:
@@ -511,7 +510,8 @@ def flow_lines(report: Report) -> list[str]:
     for step in report.steps:
         if step.kind in ("sleep", "wait"):
             continue
-        items.append((step.t, 0, f"{step.node or ''}: {step.call} {step.outcome}".strip()))
+        call = re.sub(r":\d{2,5}\b", ":PORT", step.call)  # two runs of a lab often differ only in ports
+        items.append((step.t, 0, f"{step.node or ''}: {call} {step.outcome}".strip()))
     items.sort(key=lambda x: (x[0], x[1]))
     return [text for _, _, text in items]
 
@@ -587,6 +587,11 @@ def band_text(band: Band, report: Report) -> str:
             text += f", timer {band.timer_ms / 1000:.1f} s left at entry"
         return text
     return format_duration(band.duration)
+
+
+def params_text(report: Report) -> str:
+    params = report.run.get("params") or {}
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "none"
 
 
 def generator() -> str:

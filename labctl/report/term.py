@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 from datetime import datetime, timezone
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from . import ladder
-from .model import Comparison, Report, band_text, format_ms
+from .model import Comparison, Report, band_text, format_ms, params_text
 
 STYLES = {"plain": "", "bold": "bold", "muted": "dim", "state": "bold cyan", "call": "italic blue", "rule": "yellow",
           "retransmission": "bold dark_orange", "rst": "bold red", "dropped": "bold red", "duplicate": "bold magenta",
@@ -141,8 +141,10 @@ def socket_table(report: Report) -> Table:
 def render_compare(comparison: Comparison, *, color: bool = False, width: int | None = None) -> str:
     console, buffer = _console(color, width or 160)
     a, b = comparison.a, comparison.b
-    head = Text.from_markup(f"[bold]A[/bold] {escape(a.title)} ({'passed' if a.passed else 'FAILED'})  {escape(str(a.run_dir))}\n"
-                            f"[bold]B[/bold] {escape(b.title)} ({'passed' if b.passed else 'FAILED'})  {escape(str(b.run_dir))}\n"
+    head = Text.from_markup(f"[bold]A[/bold] {escape(a.title)} ({'passed' if a.passed else 'FAILED'})  {escape(str(a.run_dir))}"
+                            f"  params: {escape(params_text(a))}\n"
+                            f"[bold]B[/bold] {escape(b.title)} ({'passed' if b.passed else 'FAILED'})  {escape(str(b.run_dir))}"
+                            f"  params: {escape(params_text(b))}\n"
                             f"{comparison.differences} difference(s), highlighted")
     console.print(Panel(head, title="compare", expand=False))
     summary = Table(title="Counts", title_justify="left")
