@@ -94,6 +94,7 @@ class Match(_Strict):
     dport: int | None = None
     payload: bool | str | None = Field(None, description="true: has payload; false: none; text: payload contains it.")
     seq: int | None = Field(None, description="Relative sequence number (0 = the ISN of its connection).")
+    ack: int | None = Field(None, description="Relative acknowledgment number (1 acknowledges the peer's SYN).")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -201,12 +202,19 @@ NODE_ACTIONS = ("listen", "accept", "connect", "send", "recv", "shutdown", "clos
 
 # --- expectations -----------------------------------------------------------------
 
+class SegmentMatch(Match):
+    """A segment in a capture: what a rule can match, and whether it was a retransmission."""
+
+    retransmission: bool | None = Field(None, description="Only retransmissions (true) or only first transmissions (false).")
+
+
 class SegmentsExpect(Match):
     count: int | None = Field(None, ge=0, description="Exactly this many.")
     min: int | None = Field(None, ge=0)
     max: int | None = Field(None, ge=0)
     at: str | None = Field(None, description="Count in this node's capture (default: the sender's).")
     retransmission: bool | None = Field(None, description="Only retransmissions (true) or only first transmissions (false).")
+    after: "SegmentMatch | None" = Field(None, description="Count only segments seen after the first one matching this (order).")
 
 
 class StatesExpect(_Strict):

@@ -175,6 +175,8 @@ def matches(spec: dict, p: TcpPacket, tracker: Connections) -> bool:
         return False
     if spec.get("seq") is not None and tracker.relative(p).get("rel_seq") != spec["seq"]:
         return False
+    if spec.get("ack") is not None and tracker.relative(p).get("rel_ack") != spec["ack"]:
+        return False
     return True
 
 

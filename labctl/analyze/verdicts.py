@@ -70,6 +70,8 @@ def segment_matches(segment: Segment, spec: dict, view: RunView) -> bool:
         return False
     if spec.get("seq") is not None and segment.rel_seq != spec["seq"]:
         return False
+    if spec.get("ack") is not None and ("A" not in segment.flags or segment.rel_ack != spec["ack"]):
+        return False
     payload = spec.get("payload")
     if payload is True and segment.length == 0 or payload is False and segment.length > 0:
         return False
@@ -84,9 +86,18 @@ def segment_matches(segment: Segment, spec: dict, view: RunView) -> bool:
 def segments_seen(view: RunView, spec: dict) -> list[Segment]:
     """Matching segments, each transmission once: at the `at` node's capture, else the sender's."""
     at = spec.get("at") or (spec.get("from") if spec.get("from") in view.nodes else None)
+    since = None
+    if spec.get("after"):
+        # Order: only what comes after the first sighting (on any capture) of the `after` segment.
+        marks = [s.t for s in view.segments if segment_matches(s, spec["after"], view)]
+        if not marks:
+            return []
+        since = min(marks)
     chosen: dict[int, Segment] = {}
     for segment in view.segments:
         if at is not None and segment.node != at:
+            continue
+        if since is not None and segment.t <= since:
             continue
         if segment_matches(segment, spec, view):
             chosen.setdefault(segment.transmission, segment)
@@ -106,6 +117,8 @@ def describe_match(spec: dict) -> str:
         parts.append("(retransmissions)" if spec["retransmission"] else "(first transmissions)")
     if spec.get("at"):
         parts.append(f"seen at {spec['at']}")
+    if spec.get("after"):
+        parts.append(f"after the first {describe_match(spec['after'])}".replace(" segments", " segment", 1))
     return " ".join(parts)
 
 
