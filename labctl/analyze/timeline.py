@@ -272,13 +272,25 @@ def flag_words(flags: str) -> str:
     return " ".join(word for letter, word in FLAG_WORDS if letter in flags) or "none"
 
 
-def marks(segment: Segment, fate: str = "delivered") -> list[str]:
-    """What is remarkable about a segment, in words, most important first."""
+def marks(segment, fate: str = "delivered", *, origin: str | None = None, sender: str | None = None,
+          dropped_at: str | None = None, short: bool = False) -> list[str]:
+    """What is remarkable about a segment, in words, most important first.
+
+    ``short`` words it to ride on a ladder arrow; ``origin``/``sender``/``dropped_at``
+    add where a copy was made and where a dropped segment was last seen.
+    """
     found = []
+    if origin is not None and origin != sender:
+        found.append(f"made at {origin}")
     if fate == "dropped":
-        found.append("dropped")
+        if dropped_at is None:
+            found.append("dropped")
+        elif short:
+            found.append(f"dropped at {dropped_at}" if dropped_at != sender else "lost on the link")
+        else:
+            found.append(f"dropped after {dropped_at}")
     if segment.rst:
-        found.append(f"RST: {segment.rst}")
+        found.append(f"RST ({segment.rst})" if short else f"RST: {segment.rst}")
     if segment.duplicate_of is not None:
         found.append(f"duplicate of #{segment.duplicate_of}")
     elif segment.retransmission:
@@ -286,7 +298,7 @@ def marks(segment: Segment, fate: str = "delivered") -> list[str]:
     if segment.out_of_window:
         found.append("out of window")
     if segment.dup_ack:
-        found.append("duplicate ACK")
+        found.append("dup ACK" if short else "duplicate ACK")
     if segment.keepalive:
         found.append("keep-alive")
     return found

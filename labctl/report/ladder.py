@@ -26,6 +26,7 @@ from html import escape
 from typing import Any
 
 from ..analyze.timeline import HELD, signed
+from ..analyze.timeline import marks as segment_marks
 from .model import Band, Report, SegmentRow, format_duration, format_ms
 
 FOLD_BUDGET = 400  # items drawn before a ladder is folded
@@ -260,23 +261,8 @@ def svg(report: Report, budget: int | None = FOLD_BUDGET, prefix: str = "") -> s
 
 def short_marks(segment: SegmentRow) -> list[str]:
     """What is remarkable about a segment, short enough to ride on its arrow."""
-    found = []
-    if segment.origin != segment.sender:
-        found.append(f"made at {segment.origin}")
-    if segment.fate == "dropped":
-        found.append(f"dropped at {segment.dropped_after}" if segment.dropped_after != segment.sender else "lost on the link")
-    if segment.rst:
-        found.append(f"RST ({segment.rst})")
-    if segment.duplicate_of is not None:
-        found.append(f"duplicate of #{segment.duplicate_of}")
-    elif segment.retransmission:
-        found.append("retransmission")
-    if segment.out_of_window:
-        found.append("out of window")
-    if segment.dup_ack:
-        found.append("dup ACK")
-    if segment.keepalive:
-        found.append("keep-alive")
+    found = segment_marks(segment, segment.fate, origin=segment.origin, sender=segment.sender,
+                  dropped_at=segment.dropped_after, short=True)
     found.extend(r.split(": ", 1)[1] + " (" + r.split(" ", 2)[1] + ")" for r in segment.rules
                  if not r.endswith(": drop") and ": " in r and len(r.split(" ")) > 2)
     return found

@@ -20,6 +20,7 @@ from ..analyze.segments import RST_KINDS
 from ..analyze.states import SocketTimeline
 from ..analyze import timeline as timelines
 from ..analyze.timeline import Timeline, Transmission, label, step_call, step_outcome
+from ..analyze.timeline import marks as segment_marks
 from ..analyze.verdicts import RunView
 from ..errors import UserError
 from ..rundir import read_json
@@ -72,25 +73,7 @@ class SegmentRow:
 
     @property
     def marks(self) -> list[str]:
-        found = []
-        if self.origin != self.sender:
-            found.append(f"made at {self.origin}")
-        if self.fate == "dropped":
-            found.append(f"dropped after {self.dropped_after}")
-        if self.rst:
-            found.append(f"RST: {self.rst}")
-        if self.duplicate_of is not None:
-            found.append(f"duplicate of #{self.duplicate_of}")
-        elif self.retransmission:
-            found.append("retransmission")
-        if self.out_of_window:
-            found.append("out of window")
-        if self.dup_ack:
-            found.append("duplicate ACK")
-        if self.keepalive:
-            found.append("keep-alive")
-        found.extend(self.rules)
-        return found
+        return segment_marks(self, self.fate, origin=self.origin, sender=self.sender, dropped_at=self.dropped_after) + list(self.rules)
 
     @property
     def interesting(self) -> bool:
