@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 from .engine import DeployReport, Engine, ExecResult, default_engine
 from .errors import UserError
+from .impairments import apply_lab, heal_loop, in_force, loop_link, parse_impairment, set_link, start_loop
 from .loader import LoadedLab, available_labs, load_lab
 from .model import lab_json_schema
 from .plan import LabPlan, plan_lab
@@ -32,6 +33,7 @@ class UpResult:
     report: DeployReport
     image: object
     seconds: float
+    impairments: list = field(default_factory=list)  # impairments.Direction in force from the lab file
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, str]:
@@ -57,7 +59,18 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
     image = engine.ensure_image(offline=offline, progress=progress)
     plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
     report = engine.deploy(plan, image.tag, progress)
-    return UpResult(plan, report, image, time.monotonic() - started)
+    impaired = _apply_lab_impairments(engine, plan, report, progress)
+    return UpResult(plan, report, image, time.monotonic() - started, impaired)
+
+
+def _apply_lab_impairments(engine: Engine, plan: LabPlan, report: DeployReport, progress: Progress | None) -> list:
+    """The lab file's impairments, after deploy (nodes it just created start with none in force)."""
+    fresh = {node.name for node in plan.nodes if node.container in report.created}
+    impaired = apply_lab(engine, plan, fresh)
+    for direction in impaired:
+        if progress and direction.changed:
+            progress(f"impaired {direction.summary}")
+    return impaired
 
 
 def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str] | None = None, *,
@@ -75,7 +88,7 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
     plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
-    engine.deploy(plan, image.tag, progress)
+    _apply_lab_impairments(engine, plan, engine.deploy(plan, image.tag, progress), progress)
     results = []
     for one in chosen:
         if progress:
@@ -105,16 +118,19 @@ class NodeStatus:
     image: str
     interfaces: list[dict] = field(default_factory=list)
     routes: list[dict] = field(default_factory=list)
+    impairments: list[dict] = field(default_factory=list)  # in force on this node's egress, per interface
+    loop: dict | None = None  # the routing loop this router takes part in (or last took part in)
 
 
 @dataclass
 class LabStatus:
     lab: str
     nodes: list[NodeStatus]
-    links: list[dict]
+    links: list[dict]  # each with "impairments": one entry per impaired direction (from a node)
+    loops: list[dict] = field(default_factory=list)  # routing loops in force, per router
 
     def to_json(self) -> dict:
-        return {"lab": self.lab, "nodes": [vars(n) for n in self.nodes], "links": self.links}
+        return {"lab": self.lab, "nodes": [vars(n) for n in self.nodes], "links": self.links, "loops": self.loops}
 
 
 def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabStatus]:
@@ -134,13 +150,78 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
                     import json
                     data = json.loads(inspected.stdout)
                     entry.interfaces, entry.routes = data["interfaces"], data["routes"]
+                    entry.impairments, entry.loop = data.get("impairments") or [], data.get("loop")
             return entry
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             described = list(pool.map(describe, nodes))
-        links = [{"name": l.link, "network": l.network, "subnet": l.subnet, "gateway": l.gateway} for l in engine.links(name)]
-        result.append(LabStatus(name, described, links))
+        impaired = in_force({n.name: {"impairments": n.impairments} for n in described})
+        links = [{"name": l.link, "network": l.network, "subnet": l.subnet, "gateway": l.gateway,
+                  "impairments": [{"from": d.node, **d.to_json()} for d in impaired if d.link == l.link]}
+                 for l in engine.links(name)]
+        loops = [{"router": n.name, **n.loop} for n in described if n.loop and n.loop.get("active")]
+        result.append(LabStatus(name, described, links, loops))
     return result
+
+
+def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine) -> tuple[LoadedLab, LabPlan]:
+    """A lab that is up, and its plan as its nodes have it (the subnets its links hold now)."""
+    from ipaddress import IPv4Network
+
+    name = lab_name(ref, params)
+    nodes = engine.nodes(name)
+    if not nodes:
+        raise UserError(f"lab '{name}' is not up", hint=f"start it with `labctl up {name}`")
+    source = ref
+    if not Path(str(ref)).exists() and str(ref) not in available_labs() and nodes[0].source:
+        source = nodes[0].source  # brought up from a path: the engine's labels remember which
+    loaded = load_lab(source, params)
+    current = {l.link: IPv4Network(l.subnet) for l in engine.links(name) if l.subnet}
+    return loaded, plan_lab(loaded, engine.subnets_in_use(exclude_lab=name), current)
+
+
+def impair(lab: str | Path, link: str, from_node: str | None = None, settings: Mapping | None = None, clear: bool = False, *,
+           params: Mapping[str, str] | None = None, engine: Engine | None = None) -> list:
+    """Impair a link of a running lab now, in one direction (``from_node``'s egress) or every one.
+
+    ``settings`` as a lab file writes them: ``{"delay": "50ms", "jitter": "10ms", "loss": "5%", "rate": "1mbit"}``;
+    they replace what was in force in those directions. ``clear`` removes it. Returns an
+    ``impairments.Direction`` per direction, with the mechanism that does it (netem or the fallback).
+    """
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if clear and given:
+        raise UserError("give settings or clear, not both")
+    if not clear and not given:
+        raise UserError("nothing to set: give at least one setting (delay, loss, rate, ...) or clear",
+                        hint="e.g. labctl impair LAB LINK --delay 50ms --loss 5%")
+    engine = engine or default_engine()
+    imp = None if clear else parse_impairment(given, from_node)
+    _, plan = _running_plan(lab, params, engine)
+    return set_link(engine, plan, link, from_node, imp)
+
+
+def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, match: Mapping | None = None, *,
+         heal: bool = False, params: Mapping[str, str] | None = None, engine: Engine | None = None):
+    """A transient forwarding loop between two routers for ``seconds`` (e.g. 2 or "2s"), optionally only
+    for packets matching ``match`` ({"from": node, "to": node, "proto": "tcp", "dport": 80, "flags": "P"}).
+
+    Returns at once (an ``impairments.LoopResult`` with its start and heal times); the routers heal
+    it themselves. ``heal=True`` heals a loop of these routers now instead.
+    """
+    from .units import parse_duration
+
+    engine = engine or default_engine()
+    _, plan = _running_plan(lab, params, engine)
+    if heal:
+        loop_link(plan, r1, r2)
+        return heal_loop(engine, plan, [r1, r2])
+    if seconds is None:
+        raise UserError("how long should the loop last? give seconds (e.g. --for 2s)")
+    try:
+        duration = parse_duration(seconds)
+    except ValueError as exc:
+        raise UserError(f"loop duration: {exc}") from None
+    return start_loop(engine, plan, r1, r2, duration, match)
 
 
 def exec_in(lab: str, node: str, argv: Sequence[str], *, engine: Engine | None = None,

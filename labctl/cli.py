@@ -154,11 +154,15 @@ def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that 
 def _print_status(states: list) -> None:
     for state in states:
         links = Table(title=f"lab {state.lab}: links", title_justify="left")
-        for column in ("link", "subnet", "bridge gateway", "network"):
+        for column in ("link", "subnet", "bridge gateway", "network", "impairments in force"):
             links.add_column(column)
         for link in state.links:
-            links.add_row(link["name"], link["subnet"], link["gateway"], link["network"])
+            links.add_row(link["name"], link["subnet"], link["gateway"], link["network"],
+                          escape("\n".join(_impairment_line(d) for d in link.get("impairments", []))))
         out.print(links)
+        for loop in state.loops:
+            out.print(f"routing loop: {loop['router']} sends {'every packet' if not loop.get('match') else 'matching packets'} "
+                      f"to {loop['peer']} on {loop['dev']} until it heals at {_clock(loop['heal_at'])}")
         nodes = Table(title=f"lab {state.lab}: nodes", title_justify="left")
         for column in ("node", "state", "interfaces", "routes"):
             nodes.add_column(column)
@@ -167,6 +171,70 @@ def _print_status(states: list) -> None:
             routes = "\n".join(f"{r['to']}" + (f" via {r['via']}" if r.get("via") else "") + f" dev {r['dev']}" for r in node.routes)
             nodes.add_row(node.name, node.status, interfaces, routes)
         out.print(nodes)
+
+
+def _impairment_line(direction: dict) -> str:
+    how = ", ".join(f"{part}: {mechanism}" for part, mechanism in direction["parts"].items())
+    return f"from {direction['node']}: {direction['description']} ({direction['mechanism']}: {how})"
+
+
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+@app.command()
+def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (its name in the lab file)."),
+           from_node: Optional[str] = typer.Option(None, "--from", help="Only this endpoint's egress onto the link; every endpoint's when omitted."),
+           delay: Optional[str] = typer.Option(None, help="One-way delay, e.g. 50ms."),
+           jitter: Optional[str] = typer.Option(None, help="Delay variation (±), e.g. 10ms."),
+           distribution: Optional[str] = typer.Option(None, help="Jitter distribution: uniform (default) or normal."),
+           loss: Optional[str] = typer.Option(None, help="Random loss, e.g. 5%."),
+           loss_correlation: Optional[str] = typer.Option(None, "--loss-correlation", help="Correlation of successive losses, e.g. 25%."),
+           duplicate: Optional[str] = typer.Option(None, help="Duplicated packets, e.g. 1%."),
+           reorder: Optional[str] = typer.Option(None, help="Packets sent without the delay, overtaking the others, e.g. 25% (needs --delay)."),
+           corrupt: Optional[str] = typer.Option(None, help="Packets with one bit flipped, e.g. 0.1%."),
+           rate: Optional[str] = typer.Option(None, help="Bandwidth, e.g. 1mbit."),
+           limit: Optional[int] = typer.Option(None, help="Queue length in packets (for delay or rate)."),
+           clear: bool = typer.Option(False, "--clear", help="Remove the impairment (in that direction, or every one)."),
+           param: List[str] = PARAM_OPT,
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Impair a link of a running lab now; the settings given replace what was in force in those directions."""
+    settings = {"delay": delay, "jitter": jitter, "distribution": distribution, "loss": loss, "loss_correlation": loss_correlation,
+                "duplicate": duplicate, "reorder": reorder, "corrupt": corrupt, "rate": rate, "limit": limit}
+    directions = api.impair(lab, link, from_node, settings, clear, params=api.parse_params(param))
+    if as_json:
+        out.print_json(data=[d.to_json() for d in directions])
+        return
+    for direction in directions:
+        out.print(escape(direction.summary), highlight=False)
+
+
+@app.command()
+def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router."), r2: str = typer.Argument(..., help="Another router on a link with r1."),
+         for_: Optional[str] = typer.Option(None, "--for", help="How long the loop lasts, e.g. 2s; it heals by itself."),
+         from_: Optional[str] = typer.Option(None, "--from", help="Only packets from this node or address."),
+         to: Optional[str] = typer.Option(None, help="Only packets to this node or address."),
+         proto: Optional[str] = typer.Option(None, help="Only this protocol: tcp, udp or icmp."),
+         sport: Optional[int] = typer.Option(None, help="Only this source port."),
+         dport: Optional[int] = typer.Option(None, help="Only this destination port."),
+         flags: Optional[str] = typer.Option(None, help="Only TCP segments with these flags set, e.g. P (data) or =S."),
+         payload: Optional[str] = typer.Option(None, help="Only packets carrying this text."),
+         heal: bool = typer.Option(False, "--heal", help="Heal a loop of these routers now."),
+         param: List[str] = PARAM_OPT,
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Make two routers forward (matching) packets to each other for a while: a transient routing loop."""
+    match = {"from": from_, "to": to, "proto": proto, "sport": sport, "dport": dport, "flags": flags, "payload": payload}
+    result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param))
+    if heal:
+        healed = [router for router, reply in result.items() if reply.get("healed")]
+        out.print(f"healed the loop on {', '.join(healed)}" if healed else "no loop was in force")
+        return
+    if as_json:
+        out.print_json(data=result.to_json())
+        return
+    out.print(f"{escape(result.summary)}: from {_clock(result.started)} until {_clock(result.heal_at)}", highlight=False)
 
 
 @app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .errors import LabFileError, LabNotFound, Location
-from .model import Lab
+from .model import Lab, Link
 
 LAB_FILE = "lab.yaml"
 BUILTIN_LABS = Path(__file__).resolve().parent.parent / "labs"
@@ -214,6 +214,9 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
         message = f"{err['input']!r} is not allowed; expected {err['ctx']['expected']}"
     elif kind.endswith("_type") or kind.startswith("ip_"):
         message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {type(err['input']).__name__} {err['input']!r}"
+    elif kind == "value_error" and err.get("ctx", {}).get("error") is not None:
+        # Our own validators (units: 50ms, 5%, 1mbit) say what was written and what is allowed.
+        message = str(err["ctx"]["error"])
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
     return source.locate(loc), message, hint
@@ -222,11 +225,12 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
 def _data_path(loc: tuple[Any, ...], kind: str, source: SourceMap) -> FieldPath:
     # Pydantic adds tags for unions and validators (e.g. 'str', 'int') that are not
     # steps in the data: keep the steps the document really has.
+    # A single mapping given where a list is allowed (`impair: {...}`) is validated as item 0,
+    # which the document does not have either: skip such steps, keep the ones it has.
     path: FieldPath = ()
     for part in loc:
-        if (*path, part) not in source.lines:
-            break
-        path = (*path, part)
+        if (*path, part) in source.lines:
+            path = (*path, part)
     if kind == "missing" and loc:
         path = (*path, loc[-1])
     return path
@@ -245,6 +249,8 @@ def _model_at(model: type[BaseModel], path: FieldPath) -> type[BaseModel] | None
         else:
             return None
         current = _unwrap(current)
+    if get_origin(current) is list:
+        current = _unwrap(get_args(current)[0])  # a mapping written where a list of them is allowed
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
@@ -265,7 +271,7 @@ def _unwrap(annotation: Any) -> Any:
 
 def _allowed_keys(model: type[BaseModel], path: FieldPath) -> list[str]:
     target = _model_at(model, path)
-    return list(target.model_fields) if target else []
+    return [info.alias or name for name, info in target.model_fields.items()] if target else []
 
 
 def _field_description(model: type[BaseModel], path: FieldPath) -> str | None:
@@ -321,6 +327,7 @@ def check_lab(loaded: LoadedLab) -> None:
                 if address in taken:
                     raise loaded.error(("links", i, "addresses", node), f"address {address} is already given to '{taken[address]}'")
                 taken[address] = node
+        _check_impairments(loaded, i, link)
         if link.subnet is not None:
             usable = link.subnet.num_addresses - 2
             # One address of every subnet goes to the engine's bridge gateway.
@@ -339,6 +346,33 @@ def check_lab(loaded: LoadedLab) -> None:
         for k, route in enumerate(node.routes or []):
             _check_route(loaded, name, k, route.to, route.via)
     _check_reachability(loaded)
+
+
+def _check_impairments(loaded: LoadedLab, i: int, link: Link) -> None:
+    """Each entry names an endpoint (or none: every endpoint), at most one entry per direction."""
+    entries = link.impairments()
+    # `impair: {...}` has no item index in the file; a list has one per entry.
+    listed = ("links", i, "impair", 0) in loaded.source.lines
+
+    def where(k: int, *rest: str) -> FieldPath:
+        return ("links", i, "impair", *((k,) if listed else ()), *rest)
+
+    directions: dict[str, int] = {}
+    for k, entry in enumerate(entries):
+        if entry.from_ is not None and entry.from_ not in link.endpoints:
+            raise loaded.error(where(k, "from"), f"'{entry.from_}' is not an endpoint of link '{link.name}'",
+                               hint=f"endpoints: {', '.join(link.endpoints)}")
+        problem = entry.problem()
+        if problem is not None:
+            raise loaded.error(where(k, problem[0]), problem[1])
+        if len(entries) > 1 and entry.from_ is None:
+            raise loaded.error(where(k), f"entry {k} has no `from`, so it covers every direction of link '{link.name}' that the others set too",
+                               hint="with several entries, give each one `from:` (one entry per direction)")
+        if entry.from_ in directions:
+            raise loaded.error(where(k, "from"), f"a second impairment from '{entry.from_}' on link '{link.name}'",
+                               hint=f"entry {directions[entry.from_]} already sets that direction: merge them into one")
+        if entry.from_ is not None:
+            directions[entry.from_] = k
 
 
 def _check_address(loaded: LoadedLab, where: FieldPath, subnet: IPv4Network, address: IPv4Address) -> None:
@@ -573,6 +607,12 @@ def check_scenario(one: LoadedScenario, loaded: LoadedLab) -> None:
                 raise one.error((*here, "node"), f"rule '{name}' lives on node '{rules[name][0]}'")
         elif kind == "kill_socket":
             known_endpoint(action.remote, (*here, "kill_socket", "remote"))
+        elif kind == "impair":
+            _check_impair_step(one, lab, action, (*here, "impair"))
+        elif kind == "loop":
+            _check_loop_step(one, lab, action, (*here, "loop"))
+            known_endpoint(action.match.from_ if action.match else None, (*here, "loop", "match", "from"))
+            known_endpoint(action.match.to if action.match else None, (*here, "loop", "match", "to"))
         elif kind == "wait":
             if sum(x is not None for x in (action.state, action.step, action.rule)) != 1:
                 raise one.error((*here, "wait"), "wait for exactly one of: state, step, rule")
@@ -599,3 +639,36 @@ def check_scenario(one: LoadedScenario, loaded: LoadedLab) -> None:
             raise one.error((*here, "states", "node"), f"unknown node '{body.node}'")
         if expectation.kind in ("step", "data") and body.step not in steps:
             raise one.error((*here, expectation.kind, "step"), f"no step is named '{body.step}'", hint="name steps with `as:`")
+
+
+def _check_impair_step(one: LoadedScenario, lab: Lab, action: Any, where: FieldPath) -> None:
+    links = {link.name: link for link in lab.links}
+    if action.link not in links:
+        raise one.error((*where, "link"), f"lab '{lab.name}' has no link '{action.link}'", hint=f"links: {', '.join(links)}")
+    link = links[action.link]
+    if action.from_ is not None and action.from_ not in link.endpoints:
+        raise one.error((*where, "from"), f"'{action.from_}' is not an endpoint of link '{link.name}'",
+                        hint=f"endpoints: {', '.join(link.endpoints)}")
+    if action.clear and not action.is_empty():
+        raise one.error((*where, "clear"), "clear removes the impairment: give settings or clear, not both")
+    if not action.clear and action.is_empty():
+        raise one.error(where, "an impair step needs settings (delay, loss, rate, ...) or clear: true")
+    problem = action.problem()
+    if problem is not None:
+        raise one.error((*where, problem[0]), problem[1])
+
+
+def _check_loop_step(one: LoadedScenario, lab: Lab, action: Any, where: FieldPath) -> None:
+    for k, router in enumerate(action.routers):
+        if router not in lab.nodes:
+            raise one.error((*where, "routers", k), f"unknown node '{router}'", hint=f"nodes: {', '.join(lab.nodes)}")
+        if lab.nodes[router].role != "router":
+            raise one.error((*where, "routers", k), f"'{router}' is a host, and only routers forward: a loop needs two routers",
+                            hint=f"routers: {', '.join(lab.routers()) or 'none'}")
+    a, b = action.routers
+    if a == b:
+        raise one.error((*where, "routers"), "a loop needs two different routers")
+    if not any(a in link.endpoints and b in link.endpoints for link in lab.links):
+        raise one.error((*where, "routers"), f"routers '{a}' and '{b}' share no link, so they cannot send packets back and forth")
+    if not 0 < action.for_ <= 3600:
+        raise one.error((*where, "for"), "a loop lasts more than 0 s and at most an hour")

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .units import Duration, Percent, Rate, format_duration, format_percent, format_rate
+
 SCHEMA_VERSION = 1
 
 # Node names become container hostnames and DNS names: keep them hostname-safe.
@@ -45,6 +47,114 @@ class Node(_Strict):
     routes: list[Route] | None = Field(None, description="Static routes; when given, the computed routes of this node are not installed.")
 
 
+MAX_DELAY = 3600.0  # seconds: the userspace engine holds a packet at most an hour, as a sanity bound
+MAX_LIMIT = 1_000_000
+
+
+class Impairment(_Strict):
+    """How a link misbehaves, in one direction (from one endpoint toward the others) or in all.
+
+    Applied on the egress of the sending node's interface: netem where the node's kernel has
+    it, otherwise iptables (statistic, TEE), tbf and labctl's userspace NFQUEUE engine, with
+    the same meaning either way. Every value not given is off.
+    """
+
+    from_: NodeName | None = Field(None, alias="from", description="The endpoint whose egress onto the link is impaired; absent: every endpoint's.")
+    delay: Duration | None = Field(None, description="Added one-way delay, e.g. 50ms.")
+    jitter: Duration | None = Field(None, description="Random variation of the delay (± this), e.g. 10ms. Packets may overtake each other, as with netem.")
+    distribution: Literal["uniform", "normal"] | None = Field(None, description="How jitter is drawn: uniform (default) in delay ± jitter, or normal with jitter as standard deviation.")
+    loss: Percent | None = Field(None, description="Packets dropped at random, e.g. 5%.")
+    loss_correlation: Percent | None = Field(None, description="How much a loss decision depends on the previous one (bursts); the long-run rate stays `loss`.")
+    duplicate: Percent | None = Field(None, description="Packets sent twice, e.g. 1%.")
+    reorder: Percent | None = Field(None, description="Packets sent at once, overtaking the delayed others (needs delay).")
+    corrupt: Percent | None = Field(None, description="Packets with one random bit flipped after the IP header (the receiver's checksum rejects them).")
+    rate: Rate | None = Field(None, description="Bandwidth limit, e.g. 1mbit.")
+    limit: int | None = Field(None, ge=1, le=MAX_LIMIT, description="Queue length in packets for delay or rate (netem's limit); default 10000 for delay, 100 ms worth for rate alone.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def problem(self) -> tuple[str, str] | None:
+        """The first rule the schema cannot say that these settings break, as (field, message)."""
+        if self.delay is not None and self.delay > MAX_DELAY:
+            return "delay", f"delay {format_duration(self.delay)} is more than an hour"
+        if self.jitter is not None and self.jitter > MAX_DELAY:
+            return "jitter", f"jitter {format_duration(self.jitter)} is more than an hour"
+        if self.distribution is not None and not self.jitter:
+            return "distribution", "a distribution shapes the jitter: set jitter too"
+        if self.loss_correlation and not self.loss:
+            return "loss_correlation", "loss_correlation needs loss"
+        if self.reorder and not self.delay:
+            return "reorder", "reorder needs delay: reordered packets are the ones sent without it, overtaking the delayed rest"
+        if self.limit is not None and not (self.delay or self.jitter or self.rate):
+            return "limit", "limit is the length of the queue that delay or rate makes: set one of them"
+        return None
+
+    def settings(self) -> dict[str, float | int | str]:
+        """What the in-node agent applies: plain numbers in its units, only what is on."""
+        result: dict[str, float | int | str] = {}
+        for key, value, scale in (("delay_ms", self.delay, 1000), ("jitter_ms", self.jitter, 1000),
+                                  ("loss_pct", self.loss, 100), ("loss_correlation_pct", self.loss_correlation, 100),
+                                  ("duplicate_pct", self.duplicate, 100), ("reorder_pct", self.reorder, 100),
+                                  ("corrupt_pct", self.corrupt, 100)):
+            if value:
+                result[key] = round(value * scale, 6)
+        if self.jitter:
+            result["distribution"] = self.distribution or "uniform"
+        if self.rate:
+            result["rate_bit"] = round(self.rate)
+        if self.limit:
+            result["limit"] = self.limit
+        return result
+
+    def is_empty(self) -> bool:
+        return not self.settings()
+
+
+def describe_settings(settings: dict) -> str:
+    """Agent settings as a person writes them: 'delay 50ms ±10ms normal, loss 5%'."""
+    if not settings:
+        return "none"
+    parts = []
+    if settings.get("delay_ms") or settings.get("jitter_ms"):
+        text = f"delay {format_duration(settings.get('delay_ms', 0) / 1000)}"
+        if settings.get("jitter_ms"):
+            text += f" ±{format_duration(settings['jitter_ms'] / 1000)}"
+            if settings.get("distribution", "uniform") != "uniform":
+                text += f" {settings['distribution']}"
+        parts.append(text)
+    for key, word in (("loss_pct", "loss"), ("duplicate_pct", "duplicate"), ("reorder_pct", "reorder"), ("corrupt_pct", "corrupt")):
+        if settings.get(key):
+            text = f"{word} {format_percent(settings[key] / 100)}"
+            if key == "loss_pct" and settings.get("loss_correlation_pct"):
+                text += f" (correlation {format_percent(settings['loss_correlation_pct'] / 100)})"
+            parts.append(text)
+    if settings.get("rate_bit"):
+        parts.append(f"rate {format_rate(settings['rate_bit'])}")
+    if settings.get("limit"):
+        parts.append(f"limit {settings['limit']}")
+    return ", ".join(parts)
+
+
+class LoopMatch(_Strict):
+    """Which forwarded packets a routing loop catches; every given field must match."""
+
+    from_: str | None = Field(None, alias="from", description="Sender: a node name or IPv4 address.")
+    to: str | None = Field(None, description="Receiver: a node name or IPv4 address.")
+    proto: Literal["tcp", "udp", "icmp"] | None = Field(None, description="IP protocol; tcp when ports or flags are given.")
+    sport: int | None = Field(None, ge=1, le=65535)
+    dport: int | None = Field(None, ge=1, le=65535)
+    flags: str | None = Field(None, pattern=r"^=?[SFRPAUsfrpau.]+$",
+                              description="TCP flags that must be set (letters of SFRPAU; '.' = A); prefix '=' for exactly these.")
+    payload: str | None = Field(None, description="Text the packet carries.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _one_or_many(value: object) -> object:
+    # `impair: {delay: 50ms}` is the common case; a list gives each direction its own entry.
+    return [value] if isinstance(value, dict) else value
+
+
 class Link(_Strict):
     """One shared segment (an internal bridge network) joining two or more nodes."""
 
@@ -52,6 +162,11 @@ class Link(_Strict):
     endpoints: list[NodeName] = Field(min_length=2, description="Nodes attached to this segment.")
     subnet: IPv4Network | None = Field(None, description="IPv4 subnet; allocated from the pool when absent.")
     addresses: dict[NodeName, IPv4Address] = Field(default_factory=dict, description="Fixed addresses for some endpoints; the others are numbered from .1 upward.")
+    impair: Annotated[list[Impairment], BeforeValidator(_one_or_many, json_schema_input_type=Impairment | list[Impairment])] | None = Field(
+        None, description="Impairments applied at `up`: one entry for every direction, or a list with `from:` per direction.")
+
+    def impairments(self) -> list[Impairment]:
+        return list(self.impair or [])
 
 
 class Lab(_Strict):

@@ -45,6 +45,18 @@ class RoutePlan:
 
 
 @dataclass(frozen=True)
+class InterfaceImpairment:
+    """What a node's egress onto one link should suffer (agent settings: delay_ms, loss_pct, ...)."""
+
+    link: str
+    interface: str
+    settings: tuple[tuple[str, float | int | str], ...]
+
+    def as_dict(self) -> dict:
+        return dict(self.settings)
+
+
+@dataclass(frozen=True)
 class NodePlan:
     name: str
     role: str
@@ -54,6 +66,8 @@ class NodePlan:
     routes: tuple[RoutePlan, ...]
     hosts: tuple[tuple[str, IPv4Address], ...]  # name -> address, as /etc/hosts will say
     sysctls: tuple[tuple[str, str], ...]
+    # Not part of setup() nor of the spec hash: impairments change in running nodes, never by a new container.
+    impairments: tuple[InterfaceImpairment, ...] = ()
 
     def setup(self) -> dict:
         """What the in-node agent applies after start (JSON-ready)."""
@@ -126,11 +140,17 @@ def subnet_pool(lab: Lab) -> IPv4Network:
     return IPv4Network(os.environ.get("LABCTL_SUBNET_POOL", str(DEFAULT_POOL)))
 
 
-def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None) -> LabPlan:
-    """``in_use`` maps subnets other engine networks hold to their names (this lab's own excluded)."""
+def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
+             current: Mapping[str, IPv4Network] | None = None) -> LabPlan:
+    """``in_use`` maps subnets other engine networks hold to their names (this lab's own excluded).
+
+    ``current``: the subnets this lab's links hold now. A link without a fixed subnet keeps its
+    own while it is free, so the plan of a running lab says what its nodes really have, even
+    after the networks that shaped its allocation are gone.
+    """
     lab = loaded.lab
     in_use = dict(in_use or {})
-    subnets = _assign_subnets(loaded, in_use)
+    subnets = _assign_subnets(loaded, in_use, current or {})
     addresses = _assign_addresses(loaded, subnets)
     links = tuple(
         LinkPlan(link.name, object_name(lab.name, link.name), subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
@@ -140,7 +160,8 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None)
     return LabPlan(lab.name, str(loaded.path or ""), links, nodes, dict(loaded.params))
 
 
-def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str]) -> dict[str, IPv4Network]:
+def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str],
+                    current: Mapping[str, IPv4Network]) -> dict[str, IPv4Network]:
     lab = loaded.lab
     taken = dict(in_use)
     subnets: dict[str, IPv4Network] = {}
@@ -154,11 +175,17 @@ def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str]) -> dic
         subnets[link.name] = link.subnet
         taken[link.subnet] = f"link {link.name}"
     pool = subnet_pool(lab)
+    for link in lab.links:
+        held = current.get(link.name)
+        if (link.subnet is None and held is not None and held.prefixlen == max(pool.prefixlen, POOL_PREFIX)
+                and held.subnet_of(pool) and not any(held.overlaps(t) for t in taken)):
+            subnets[link.name] = held
+            taken[held] = f"link {link.name}"
     # From the top of the pool down: built-in labs write fixed subnets near its bottom
     # (10.250.1.0/24, ...), so a pool lab up at the same time does not take them.
     candidates = reversed(list(pool.subnets(new_prefix=POOL_PREFIX))) if pool.prefixlen <= POOL_PREFIX else iter([pool])
     for i, link in enumerate(lab.links):
-        if link.subnet is not None:
+        if link.subnet is not None or link.name in subnets:
             continue
         for candidate in candidates:
             if not any(candidate.overlaps(t) for t in taken):
@@ -202,11 +229,30 @@ def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresse
     sysctls.update(node.sysctls)
     if node.role == "router":
         # Routers forward, and asymmetric paths must not be dropped by reverse-path filtering.
-        sysctls = {**sysctls, "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0", **node.sysctls}
+        # No ICMP redirects: a routing loop sends packets back out the interface they came
+        # in by, and a redirect would tell the previous hop to route around it. (The kernel ORs
+        # `all` with each interface's own setting, which interfaces attached before these are
+        # written keep: the loop itself also drops redirects, see agent/loop.py.)
+        sysctls = {**sysctls, "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
+                   "net.ipv4.conf.all.send_redirects": "0", "net.ipv4.conf.default.send_redirects": "0", **node.sysctls}
     return NodePlan(
         name=name, role=node.role, image=node.image, container=object_name(lab.name, name), interfaces=interfaces,
         routes=routes, hosts=hosts, sysctls=tuple((k, str(v)) for k, v in sorted(sysctls.items())),
+        impairments=_node_impairments(lab, name),
     )
+
+
+def _node_impairments(lab: Lab, name: str) -> tuple[InterfaceImpairment, ...]:
+    """The node's egress onto each of its links: an entry `from` it, or one without `from`."""
+    result = []
+    for link in lab.links:
+        if name not in link.endpoints:
+            continue
+        for entry in link.impairments():
+            if entry.from_ in (None, name) and not entry.is_empty():
+                result.append(InterfaceImpairment(link.name, link.name, tuple(sorted(entry.settings().items()))))
+                break
+    return tuple(result)
 
 
 def _shared_link(lab: Lab, a: str, b: str) -> str:

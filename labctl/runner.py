@@ -25,7 +25,11 @@ from typing import Any, Callable
 from . import __version__
 from .analyze.verdicts import judge
 from .engine import Engine
+from .errors import UserError
+from .impairments import (Direction, LoopResult, heal_loop, in_force, loop_states, read_in_force, restore, senders,
+                          set_link, start_loop)
 from .loader import LoadedLab, LoadedScenario
+from .model import describe_settings
 from .observe.tracing import KernelEvents
 from .plan import LabPlan
 from .rundir import RUN_SCHEMA_VERSION, RunDir
@@ -67,6 +71,11 @@ class ScenarioRun:
         self.addresses = {str(i.address.ip): node.name for node in plan.nodes for i in node.interfaces}
         self.kernel = KernelEvents(self.addresses, self._kernel_event)
         self.lost = threading.Event()  # set by any actor that goes away during the run
+        # Impairments and loops: what was in force before the run's first change (restored at the
+        # end), every change as recorded in run.json, and the loops started.
+        self.impaired_before: dict[tuple[str, str], Direction] = {}
+        self.impairment_records: list[dict] = []
+        self.loops: list[LoopResult] = []
 
     # --- records -----------------------------------------------------------------
 
@@ -103,7 +112,7 @@ class ScenarioRun:
             "links": {link.name: {"subnet": str(link.subnet), "endpoints": list(link.endpoints)} for link in self.plan.links},
             "steps": [step.model_dump(mode="json", by_alias=True, exclude_none=True) for step in self.one.scenario.steps],
             "expect": [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in self.one.scenario.expect],
-            "impairments": [],
+            "impairments": self.impairment_records,
         }
 
     # --- the run ---------------------------------------------------------------------
@@ -165,6 +174,8 @@ class ScenarioRun:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             ready = dict(pool.map(start, self.plan.nodes))
+        for direction in in_force(ready):
+            self._record_impairment(direction, "in force at start", time.time())
         self.progress(f"observers running on {len(ready)} nodes")
         return {name: info.get("observers") for name, info in ready.items()}
 
@@ -182,6 +193,7 @@ class ScenarioRun:
             list(pool.map(stop, list(self.sessions.items())))
         self.kernel.stop()
         observers["kernel_events"] = self.kernel.count
+        self._undo_links()
         for node, previous in self.sysctl_restore.items():
             try:
                 self.engine.set_sysctls(self.plan.lab, node, previous)
@@ -329,6 +341,72 @@ class ScenarioRun:
                 return self._call(self.step_nodes[action.step], "wait_step", {"step": action.step, "timeout": action.timeout}, action.timeout, step)
             return self._call(self.rule_nodes[action.rule], "wait_rule", {"rule": action.rule, "count": action.count, "timeout": action.timeout},
                               action.timeout, step)
+        if kind == "impair":
+            return self._impair(step, action)
+        if kind == "loop":
+            return self._loop(step, action)
         started = time.time()
-        return {"ok": False, "t_start": started, "t_end": started, "errno": None,
-                "error": f"'{kind}' steps need the impairment engine, which this version does not have yet"}
+        return {"ok": False, "t_start": started, "t_end": started, "errno": None, "error": f"unknown step kind '{kind}'"}
+
+    # --- links: impairments and loops ----------------------------------------------------
+
+    def _record_impairment(self, direction: Direction, why: str, t: float, step: int | None = None) -> None:
+        record = {"event": "impair", "t": t, "link": direction.link, "node": direction.node, "from": direction.node,
+                  "settings": direction.settings, "description": describe_settings(direction.settings),
+                  "mechanism": direction.mechanism, "parts": direction.parts, "origin": direction.origin, "why": why,
+                  "summary": f"{why}: {direction.summary}", **({"step": step} if step is not None else {})}
+        self.impairment_records.append(record)
+        self.rundir.append("events.jsonl", record)
+
+    def _impair(self, step: Step, action: Any) -> dict:
+        started = time.time()
+        index = self.one.scenario.steps.index(step)
+        try:
+            nodes = senders(self.plan, action.link, action.from_)
+            untouched = [n for n in nodes if (n, action.link) not in self.impaired_before]
+            if untouched:
+                current = {(d.node, d.link): d for d in read_in_force(self.engine, self.plan, untouched)}
+                for node in untouched:
+                    self.impaired_before[(node, action.link)] = current.get(
+                        (node, action.link), Direction(action.link, node, {}, None, origin="runtime"))
+            directions = set_link(self.engine, self.plan, action.link, action.from_, None if action.clear else action, "scenario")
+        except UserError as exc:
+            return {"ok": False, "t_start": started, "t_end": time.time(), "errno": None, "error": exc.message}
+        ended = time.time()
+        for direction in directions:
+            self._record_impairment(direction, "cleared by the scenario" if action.clear else "set by the scenario", ended, index)
+        return {"ok": True, "t_start": started, "t_end": ended, "result": {"directions": [d.to_json() for d in directions]}}
+
+    def _loop(self, step: Step, action: Any) -> dict:
+        started = time.time()
+        try:
+            result = start_loop(self.engine, self.plan, action.routers[0], action.routers[1], action.for_, action.match)
+        except UserError as exc:
+            return {"ok": False, "t_start": started, "t_end": time.time(), "errno": None, "error": exc.message}
+        self.loops.append(result)
+        record = {"event": "loop", "t": result.started, **result.to_json(), "step": self.one.scenario.steps.index(step)}
+        self.impairment_records.append(record)
+        self.rundir.append("events.jsonl", record)
+        return {"ok": True, "t_start": started, "t_end": time.time(), "result": result.to_json()}
+
+    def _undo_links(self) -> None:
+        """Heal loops still in force and put every impairment the scenario changed back as it was."""
+        for result in self.loops:
+            try:
+                states = loop_states(self.engine, self.plan, list(result.routers))
+                if any(state.get("active") and state.get("id") == result.id for state in states.values()):
+                    states = {router: reply.get("state") or {} for router, reply in heal_loop(self.engine, self.plan, list(result.routers)).items()}
+                for router, state in states.items():
+                    if state.get("id") == result.id and state.get("healed"):
+                        record = {"event": "loop-healed", "t": state["healed"], "router": router, "id": result.id,
+                                  "summary": f"loop {result.routers[0]} <-> {result.routers[1]} healed on {router}"}
+                        self.impairment_records.append(record)
+                        self.rundir.append("events.jsonl", record)
+            except Exception as exc:  # a dead router has no loop left to heal
+                self.progress(f"could not check the loop on {', '.join(result.routers)}: {exc}")
+        if self.impaired_before:
+            try:
+                for direction in restore(self.engine, self.plan, list(self.impaired_before.values())):
+                    self._record_impairment(direction, "restored after the run", time.time())
+            except Exception as exc:  # a dead node has nothing to restore
+                self.progress(f"could not restore impairments: {exc}")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .model import Impairment, LinkName, LoopMatch, NodeName
 from .units import Duration
 
 StepName = str
@@ -147,6 +148,25 @@ class Wait(_Strict):
     timeout: Duration = 10.0
 
 
+# --- links ---------------------------------------------------------------------------
+
+class ImpairStep(Impairment):
+    """Change a link's impairment now: these settings replace what is in force in those directions
+    (every endpoint's egress, or only `from`'s); `clear: true` removes it. Undone when the run ends."""
+
+    link: LinkName = Field(description="The link to impair.")
+    clear: bool = Field(False, description="Remove the impairment instead (in that direction, or every one).")
+
+
+class LoopStep(_Strict):
+    """A transient forwarding loop between two routers; it heals by itself after `for`, while the steps go on."""
+
+    routers: list[NodeName] = Field(min_length=2, max_length=2, description="Two routers that share a link.")
+    for_: Duration = Field(alias="for", description="How long the loop lasts, e.g. 2s.")
+    match: LoopMatch | None = Field(None, description="Only packets matching this circulate (default: every forwarded packet).")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class Step(_Strict):
     """One action, on one node where the action needs one."""
 
@@ -169,8 +189,8 @@ class Step(_Strict):
     rule: Rule | None = None
     unrule: str | None = Field(None, description="Remove a rule by name.")
     release: Release | None = None
-    impair: dict[str, Any] | None = None
-    loop: dict[str, Any] | None = None
+    impair: ImpairStep | None = None
+    loop: LoopStep | None = None
     sleep: Duration | None = None
     wait: Wait | None = None
 

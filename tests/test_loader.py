@@ -433,3 +433,172 @@ def test_a_node_with_nothing_after_its_name_is_a_default_host():
         """)
     assert loaded.lab.nodes["client"] == Node()
     assert loaded.lab.nodes["client"].role == "host"
+
+
+# --- link impairments -------------------------------------------------------
+
+def test_an_impairment_in_the_file_is_one_entry_per_direction():
+    lab = load("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              - {from: client, delay: 50ms, jitter: 10ms, distribution: normal}
+              - {from: router, loss: 5%, loss_correlation: 25%, rate: 1mbit, limit: 100}
+        """).lab
+    toward, back = lab.links[0].impairments()
+    assert toward.from_ == "client" and toward.settings() == {"delay_ms": 50.0, "jitter_ms": 10.0, "distribution": "normal"}
+    assert back.settings() == {"loss_pct": 5.0, "loss_correlation_pct": 25.0, "rate_bit": 1000000, "limit": 100}
+
+
+def test_a_loss_above_100_percent_is_refused_at_its_line():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair: {loss: 150%}  # <- line 8
+        """)
+    assert_points_at(err, line=8, field="links[0].impair.loss", says="'150%' is outside 0% to 100%")
+
+
+def test_a_negative_delay_is_refused_at_its_line():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              delay: -3ms         # <- line 9
+        """)
+    assert_points_at(err, line=9, field="links[0].impair.delay", says="'-3ms': a duration cannot be negative")
+
+
+def test_a_rate_without_a_unit_is_refused():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              - {from: client, rate: fast}   # <- line 9
+        """)
+    assert_points_at(err, line=9, field="links[0].impair[0].rate", says="'fast' is not a rate")
+
+
+def test_an_unknown_impairment_key_is_refused_and_the_hint_lists_from():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair: {latency: 5ms}   # <- line 8
+        """)
+    assert_points_at(err, line=8, field="links[0].impair.latency", says="unknown key 'latency'")
+    assert err.hint.startswith("allowed here: from, delay, jitter")
+
+
+def test_an_impairment_from_a_node_off_the_link_is_refused():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+          server: {}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair: {from: server, delay: 5ms}   # <- line 9
+          - {name: right, endpoints: [router, server]}
+        """)
+    assert_points_at(err, line=9, field="links[0].impair.from", says="'server' is not an endpoint of link 'left'")
+    assert err.hint == "endpoints: client, router"
+
+
+def test_reorder_without_delay_is_refused():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              - from: client
+                reorder: 25%      # <- line 10
+        """)
+    assert_points_at(err, line=10, field="links[0].impair[0].reorder", says="reorder needs delay")
+
+
+@pytest.mark.parametrize("entry, field, says", [
+    ("{distribution: normal, delay: 5ms}", "distribution", "set jitter too"),
+    ("{loss_correlation: 25%}", "loss_correlation", "loss_correlation needs loss"),
+    ("{limit: 100, loss: 1%}", "limit", "set one of them"),
+    ("{limit: 0, delay: 5ms}", "limit", "greater than or equal to 1"),
+    ("{duplicate: 1.5}", None, None),
+])
+def test_settings_that_mean_nothing_alone_are_refused(entry, field, says):
+    text = f"""
+        name: t
+        nodes:
+          client: {{}}
+          router: {{role: router}}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair: {entry}   # <- line 8
+        """
+    if field is None:  # a bare number is a percentage: 1.5 means 1.5%
+        assert load(text).lab.links[0].impairments()[0].settings() == {"duplicate_pct": 1.5}
+        return
+    assert_points_at(refusal(text), line=8, field=f"links[0].impair.{field}", says=says)
+
+
+def test_two_entries_for_one_direction_are_refused_at_the_second():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              - {from: client, delay: 5ms}
+              - {from: client, loss: 1%}     # <- line 10
+        """)
+    assert_points_at(err, line=10, field="links[0].impair[1].from", says="a second impairment from 'client' on link 'left'")
+    assert err.hint == "entry 0 already sets that direction: merge them into one"
+
+
+def test_with_several_entries_each_needs_from():
+    err = refusal("""
+        name: t
+        nodes:
+          client: {}
+          router: {role: router}
+        links:
+          - name: left
+            endpoints: [client, router]
+            impair:
+              - {from: client, delay: 5ms}
+              - {loss: 1%}                   # <- line 10
+        """)
+    assert_points_at(err, line=10, field="links[0].impair[1]", says="entry 1 has no `from`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -341,3 +342,60 @@ def test_a_changed_address_reaches_other_nodes_as_a_name_entry_not_a_new_contain
 def test_spec_hash_changes_with_the_default_image():
     node = teardown_like("10.250.2.10").node("client")
     assert node.spec_hash("labctl-node:a") != node.spec_hash("labctl-node:b")
+
+
+# --- impairments and routers for loops ---------------------------------------------
+
+IMPAIRED = """
+    name: t
+    nodes:
+      client: {}
+      router: {role: router}
+      server: {}
+    links:
+      - name: left
+        endpoints: [client, router]
+        impair: {delay: 50ms}
+      - name: right
+        endpoints: [router, server]
+        impair:
+          - {from: router, loss: 5%, rate: 1mbit}
+    """
+
+
+def impairments(plan_, node: str) -> dict[str, dict]:
+    return {i.interface: i.as_dict() for i in plan_.node(node).impairments}
+
+
+def test_an_impairment_without_from_is_every_endpoints_egress():
+    p = plan(IMPAIRED)
+    assert impairments(p, "client") == {"left": {"delay_ms": 50.0}}
+    assert impairments(p, "router") == {"left": {"delay_ms": 50.0}, "right": {"loss_pct": 5.0, "rate_bit": 1000000}}
+
+
+def test_an_impairment_from_one_endpoint_leaves_the_others_alone():
+    assert impairments(plan(IMPAIRED), "server") == {}
+
+
+def test_impairments_change_no_container():
+    # They are changed in running nodes; a new container would lose every socket and capture.
+    plain = plan(IMPAIRED.replace("impair: {delay: 50ms}", "").replace("impair:\n          - {from: router, loss: 5%, rate: 1mbit}", ""))
+    assert spec_hashes(plain) == spec_hashes(plan(IMPAIRED))
+    assert "impair" not in json.dumps(plan(IMPAIRED).node("router").setup())
+
+
+def test_routers_send_no_redirects_so_a_loop_stays_a_loop(teardown):
+    sysctls = dict(teardown.node("router").sysctls)
+    assert sysctls["net.ipv4.conf.all.send_redirects"] == "0"
+    assert sysctls["net.ipv4.conf.default.send_redirects"] == "0"
+    assert "net.ipv4.conf.all.send_redirects" not in dict(teardown.node("client").sysctls)
+
+
+def test_a_running_lab_keeps_the_pool_subnets_it_holds():
+    # Planned when another lab held the top of the pool; that lab is gone now.
+    held = {"left": IPv4Network("10.250.253.0/24"), "right": IPv4Network("10.250.252.0/24")}
+    p = plan_lab(load(NO_SUBNETS), {}, held)
+    assert {link.name: link.subnet for link in p.links} == held
+    # A held subnet that another network has taken since is not kept.
+    p = plan_lab(load(NO_SUBNETS), {IPv4Network("10.250.253.0/24"): "other"}, held)
+    assert p.link("left").subnet == IPv4Network("10.250.255.0/24")

@@ -10,7 +10,7 @@ import importlib
 import json
 import sys
 
-USAGE = ("usage: python3 -m labctl.agent {setup|hosts|inspect|probe|actor|sysctl|host-bridge-accept} [JSON]\n"
+USAGE = ("usage: python3 -m labctl.agent {setup|hosts|inspect|probe|actor|sysctl|host-bridge-accept|impair|loop} [JSON]\n"
          "       python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH) [--stats-file PATH] [--seed S]")
 
 
@@ -26,6 +26,10 @@ COMMANDS = {
     "sysctl": ("sysctl", lambda m, argv: m.apply(_json_arg(argv))),
     "host-bridge-accept": ("hostfw", lambda m, argv: m.ensure()),
     "probe": ("probe", lambda m, argv: m.run_all()),
+    # Link impairments on this node's egress (netem, or iptables + tbf + the shaper below).
+    "impair": ("impair", lambda m, argv: m.apply(_json_arg(argv))),
+    # A transient forwarding loop with another router (start, heal, status).
+    "loop": ("loop", lambda m, argv: m.main(_json_arg(argv))),
     # A daemon: runs until SIGTERM, then prints its final stats like any other command's result.
     "shaper": ("shaper", lambda m, argv: m.main(argv[1:])),
 }

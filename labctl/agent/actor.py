@@ -173,7 +173,11 @@ class Actor:
 
     def serve(self) -> None:
         try:
-            self.send({"ready": True, "node": self.node, "observers": self.start_observers(), "pid": os.getpid()})
+            from .impair import in_force
+
+            # What impairs this node's links as the run starts (the lab file's, or a runtime change).
+            self.send({"ready": True, "node": self.node, "observers": self.start_observers(), "pid": os.getpid(),
+                       "impairments": in_force()})
             for line in sys.stdin:
                 if not line.strip():
                     continue

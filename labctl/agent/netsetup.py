@@ -99,4 +99,7 @@ def inspect() -> dict:
         {"to": r.get("dst"), "via": r.get("gateway"), "dev": r.get("dev"), "scope": r.get("scope")}
         for r in ip_json("route", "show")
     ]
-    return {"ok": True, "interfaces": interfaces, "routes": routes}
+    from . import impair, loop
+
+    return {"ok": True, "interfaces": interfaces, "routes": routes, "impairments": impair.in_force(),
+            "loop": loop.status()["state"] or None}

@@ -101,7 +101,7 @@ def probe_conntrack() -> tuple[bool, str]:
 
 PROBES = {
     "netem": (probe_netem, "tc qdisc netem", "userspace NFQUEUE delay/jitter/reorder/corrupt engine with iptables statistic/TEE"),
-    "tbf": (probe_tbf, "tc qdisc tbf (rate)", "userspace pacing in the NFQUEUE engine"),
+    "tbf": (probe_tbf, "tc qdisc tbf (rate)", "no rate limits (netem's own rate where netem exists)"),
     "ifb": (probe_ifb, "IFB devices (ingress shaping)", "egress-only impairment on each sender"),
     "statistic": (probe_statistic, "iptables -m statistic (random loss)", "loss decided in the NFQUEUE engine"),
     "tee": (probe_tee, "iptables TEE (duplication)", "duplication in the NFQUEUE engine"),

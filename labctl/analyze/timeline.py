@@ -148,7 +148,8 @@ def build(view: RunView) -> Timeline:
     transmissions = _transmissions(view.segments, owner, capturing)
     rules = _rules(view.dir, transmissions)
     acted = _acted(transmissions, rules, nodes, captures)
-    kernel = list(read_jsonl(view.dir / "events.jsonl"))
+    # events.jsonl also holds impairment changes and loops; those come from run.json's "impairments".
+    kernel = [r for r in read_jsonl(view.dir / "events.jsonl") if r.get("event") not in ("impair", "loop", "loop-healed")]
     impairments = [r for r in view.run.get("impairments") or [] if isinstance(r, dict) and r.get("t") is not None]
     impairments += [{"t": s.get("t_start"), "node": s.get("node"), "args": s.get("args"), "ok": s.get("ok"), "step": s.get("index")}
                     for s in view.steps if s.get("kind") == "impair" and s.get("t_start") is not None]

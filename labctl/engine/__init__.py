@@ -32,6 +32,7 @@ class NodeState:
     status: str  # running, exited, created, ...
     image: str
     spec: str
+    source: str = ""  # the lab file it was brought up from
 
 
 @dataclass(frozen=True)

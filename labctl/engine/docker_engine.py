@@ -106,7 +106,8 @@ class DockerEngine(Engine):
 
     def nodes(self, lab: str) -> list[NodeState]:
         return sorted((NodeState(lab, c.labels.get(LABEL_NODE, "?"), c.name, c.status,
-                                 (c.attrs.get("Config") or {}).get("Image", ""), c.labels.get(LABEL_SPEC, ""))
+                                 (c.attrs.get("Config") or {}).get("Image", ""), c.labels.get(LABEL_SPEC, ""),
+                                 c.labels.get(LABEL_SOURCE, ""))
                        for c in self._containers(lab)), key=lambda n: n.node)
 
     def links(self, lab: str) -> list[LinkState]:
