@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from labctl import api
@@ -32,7 +34,19 @@ def outcomes(engine, node_image, tmp_path_factory):
     "linger-abort", "linger-timeout", "timewait-reuse[tw_reuse=0]", "timewait-reuse[tw_reuse=1]",
     "old-duplicate[timestamps=1]", "old-duplicate[timestamps=0]",
 ])
-def test_scenario_holds(outcomes, label):
+def test_scenario_holds(engine, outcomes, label, tmp_path):
     outcome = outcomes[label]
+    if not outcome.passed:
+        # One rerun, and the first failure stays visible as a warning. Seen once in a CI dry run
+        # (timewait-reuse[tw_reuse=0]: the kernel made no TIME_WAIT for one connection) and not
+        # reproduced in dozens of runs since; the repeat script is where such rates are measured.
+        warnings.warn(f"{label} failed once, rerunning: {_failures(outcome)}")
+        name, _, point = label.partition("[")
+        params = dict(p.split("=", 1) for p in point.rstrip("]").split(",")) if point else {}
+        [outcome] = api.run("teardown", [name], params, engine=engine, root=tmp_path)
+    assert outcome.passed, _failures(outcome)
+
+
+def _failures(outcome) -> str:
     failed = [f"{v['description']}: observed {v['observed']}" for v in outcome.verdicts if not v["passed"]]
-    assert outcome.passed, f"{outcome.path}: " + "; ".join(failed)
+    return f"{outcome.path}: " + "; ".join(failed)
