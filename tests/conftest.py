@@ -13,6 +13,18 @@ from labctl import api
 from labctl.engine.docker_engine import DockerEngine
 
 
+# client - router - server with pool subnets: the lab most engine tests start from.
+THREE_NODES = """
+nodes:
+  client: {}
+  router: {role: router}
+  server: {}
+links:
+  - {name: left, endpoints: [client, router]}
+  - {name: right, endpoints: [router, server]}
+"""
+
+
 @pytest.fixture(scope="session")
 def engine() -> DockerEngine:
     return DockerEngine.connect()

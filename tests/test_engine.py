@@ -12,19 +12,9 @@ import pytest
 from labctl import api
 from labctl.errors import EngineError, LabFileError
 
-from .conftest import lab_objects
+from .conftest import THREE_NODES, lab_objects
 
 pytestmark = pytest.mark.engine
-
-THREE_NODES = """
-nodes:
-  client: {}
-  router: {role: router}
-  server: {}
-links:
-  - {name: left, endpoints: [client, router]}
-  - {name: right, endpoints: [router, server]}
-"""
 
 
 def run(engine, lab, node, *argv):

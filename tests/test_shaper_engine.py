@@ -26,17 +26,9 @@ import pytest
 from labctl import api
 from labctl.agent.shaper import queue_rules
 
-pytestmark = pytest.mark.engine
+from .conftest import THREE_NODES
 
-THREE_NODES = """
-nodes:
-  client: {}
-  router: {role: router}
-  server: {}
-links:
-  - {name: left, endpoints: [client, router]}
-  - {name: right, endpoints: [router, server]}
-"""
+pytestmark = pytest.mark.engine
 
 
 def sh(engine, lab: str, node: str, script: str):
