@@ -19,7 +19,6 @@ from .engine import DeployReport, Engine, ExecResult, default_engine
 from .errors import UserError
 from .impairments import apply_lab, heal_loop, in_force, loop_link, parse_impairment, set_link, start_loop
 from .loader import LoadedLab, available_labs, load_lab
-from .model import lab_json_schema
 from .plan import LabPlan, plan_lab
 
 Progress = Callable[[str], None]
@@ -253,8 +252,11 @@ def labs() -> list[LabInfo]:
     return result
 
 
-def schema() -> dict:
-    return lab_json_schema()
+def schema(kind: str = "lab") -> dict:
+    """The JSON Schema of ``lab`` or ``scenario`` files, as editors should check them."""
+    from .export.schemas import schema as editor_schema
+
+    return editor_schema(kind)
 
 
 def report(runs: Sequence[str | Path] = (), *, format: str = "term", root: Path | None = None, color: bool = False,

@@ -273,9 +273,12 @@ def labs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of lab files (for editors: yaml-language-server and friends)."""
-    sys.stdout.write(json.dumps(api.schema(), indent=2) + "\n")
+def schema(kind: str = typer.Argument("lab", help="lab or scenario.")) -> None:
+    """Print the JSON Schema of lab or scenario files, for editors (yaml-language-server and friends).
+
+    Example: labctl schema scenario > scenario.schema.json
+    """
+    sys.stdout.write(json.dumps(api.schema(kind), indent=2) + "\n")
 
 
 @app.command()
