@@ -28,51 +28,18 @@ import time
 from pathlib import Path
 
 from . import nfqueue as nfq
+from . import tcp
 
 QUEUE_CHAIN = "LABCTL_RULES"
 # Copies and releases we send ourselves carry this mark, so they are not queued again.
 BYPASS_MARK = 0x4C52
-FLAGS = (("F", 0x01), ("S", 0x02), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20), ("E", 0x40), ("C", 0x80))
 
 
-def flag_string(bits: int) -> str:
-    return "".join(letter for letter, bit in FLAGS if bits & bit)
-
-
-def flags_match(wanted: str | None, flags: str) -> bool:
-    if not wanted:
-        return True
-    exact = wanted.startswith("=")
-    letters = set(wanted.lstrip("=").replace(".", "A").upper())
-    return set(flags) == letters if exact else letters <= set(flags)
-
-
-class TcpPacket:
-    """The fields of an IPv4/TCP packet that rules look at."""
-
-    __slots__ = ("data", "ihl", "src", "dst", "sport", "dport", "seq", "ack", "flags", "doff", "payload_len")
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.ihl = (data[0] & 0x0F) * 4
-        self.src = socket.inet_ntoa(data[12:16])
-        self.dst = socket.inet_ntoa(data[16:20])
-        self.sport, self.dport, self.seq, self.ack = struct.unpack_from("!HHII", data, self.ihl)
-        self.doff = (data[self.ihl + 12] >> 4) * 4
-        self.flags = flag_string(data[self.ihl + 13])
-        total = struct.unpack_from("!H", data, 2)[0]
-        self.payload_len = total - self.ihl - self.doff
-
-    @property
-    def payload(self) -> bytes:
-        return self.data[self.ihl + self.doff:]
-
-    def summary(self, tracker: "Connections | None" = None) -> dict:
-        record = {"src": f"{self.src}:{self.sport}", "dst": f"{self.dst}:{self.dport}", "flags": self.flags,
-                  "seq": self.seq, "ack": self.ack, "len": self.payload_len}
-        if tracker is not None:
-            record.update(tracker.relative(self))
-        return record
+def summary(p: tcp.Header, tracker: "Connections | None" = None) -> dict:
+    record = {"src": f"{p.src}:{p.sport}", "dst": f"{p.dst}:{p.dport}", "flags": p.flags, "seq": p.seq, "ack": p.ack, "len": p.length}
+    if tracker is not None:
+        record.update(tracker.relative(p))
+    return record
 
 
 def tcp_checksum(packet: bytearray, ihl: int) -> int:
@@ -94,90 +61,48 @@ def rewrite(data: bytes, *, seq_delta: int = 0, ack_delta: int = 0, strip_timest
     struct.pack_into("!II", packet, ihl + 4, (seq + seq_delta) % 2**32, (ack + ack_delta) % 2**32)
     if strip_timestamps:
         doff = (packet[ihl + 12] >> 4) * 4
-        i = ihl + 20
-        while i < ihl + doff:
-            kind = packet[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            length = packet[i + 1]
-            if kind == 8:  # timestamps: NOPs keep the header length and every other option in place
-                packet[i:i + length] = b"\x01" * length
-            i += max(length, 2)
+        for kind, at, size in list(tcp.options(packet, ihl + 20, ihl + doff)):
+            if kind == tcp.OPT_TIMESTAMPS:  # NOPs keep the header length and every other option in place
+                packet[at:at + size] = b"\x01" * size
     struct.pack_into("!H", packet, ihl + 16, 0)
     struct.pack_into("!H", packet, ihl + 16, tcp_checksum(packet, ihl))
     return bytes(packet)
 
 
 class Connections:
-    """ISNs per 4-tuple incarnation, learnt from the SYNs that pass."""
+    """ISNs per 4-tuple incarnation, learnt from the SYNs that pass (see tcp.Incarnations)."""
 
     def __init__(self) -> None:
-        self.incarnations: dict[frozenset, list[dict]] = {}
+        self.incarnations = tcp.Incarnations()
 
-    def see(self, p: TcpPacket) -> None:
-        ends = frozenset({(p.src, p.sport), (p.dst, p.dport)})
-        if "S" in p.flags and "A" not in p.flags:
-            history = self.incarnations.setdefault(ends, [])
-            if not history or history[-1].get((p.src, p.sport)) != p.seq:
-                history.append({(p.src, p.sport): p.seq})
-        elif "S" in p.flags and "A" in p.flags:
-            history = self.incarnations.setdefault(ends, [{}])
-            history[-1].setdefault((p.src, p.sport), p.seq)
+    def see(self, p: tcp.Header) -> None:
+        self.incarnations.see(p.src, p.sport, p.dst, p.dport, p.flags, p.seq)
 
-    def incarnation_of(self, p: TcpPacket) -> tuple[int, dict] | None:
-        history = self.incarnations.get(frozenset({(p.src, p.sport), (p.dst, p.dport)}))
-        if not history:
-            return None
-        # The incarnation whose sequence space the packet lies in (closest ISN below its seq).
-        best = None
-        for index, isns in enumerate(history):
-            isn = isns.get((p.src, p.sport))
-            if isn is not None and (p.seq - isn) % 2**32 < 2**31:
-                if best is None or (p.seq - isn) % 2**32 < (p.seq - history[best].get((p.src, p.sport))) % 2**32:
-                    best = index
-        return (best, history[best]) if best is not None else (len(history) - 1, history[-1])
+    def incarnation_of(self, p: tcp.Header) -> tcp.Incarnation | None:
+        return self.incarnations.by_sequence(p.src, p.sport, p.dst, p.dport, p.seq)
 
-    def relative(self, p: TcpPacket) -> dict:
+    def relative(self, p: tcp.Header) -> dict:
         found = self.incarnation_of(p)
         if found is None:
             return {}
-        index, isns = found
-        result = {"incarnation": index}
-        if (p.src, p.sport) in isns:
-            result["rel_seq"] = (p.seq - isns[(p.src, p.sport)]) % 2**32
-        if "A" in p.flags and (p.dst, p.dport) in isns:
-            result["rel_ack"] = (p.ack - isns[(p.dst, p.dport)]) % 2**32
+        rel_seq, rel_ack = found.relative(p.src, p.sport, p.dst, p.dport, p.flags, p.seq, p.ack)
+        result = {"incarnation": found.index}
+        if rel_seq is not None:
+            result["rel_seq"] = rel_seq
+        if rel_ack is not None:
+            result["rel_ack"] = rel_ack
         return result
 
-    def newest(self, p: TcpPacket) -> dict | None:
-        history = self.incarnations.get(frozenset({(p.src, p.sport), (p.dst, p.dport)}))
-        return history[-1] if history else None
+    def newest(self, p: tcp.Header) -> tcp.Incarnation | None:
+        return self.incarnations.newest(p.src, p.sport, p.dst, p.dport)
 
 
-def matches(spec: dict, p: TcpPacket, tracker: Connections) -> bool:
-    if spec.get("from") and p.src not in spec["from"]:
-        return False
-    if spec.get("to") and p.dst not in spec["to"]:
-        return False
-    if not flags_match(spec.get("flags"), p.flags):
-        return False
-    if spec.get("sport") is not None and p.sport != spec["sport"]:
-        return False
-    if spec.get("dport") is not None and p.dport != spec["dport"]:
-        return False
-    payload = spec.get("payload")
-    if payload is True and p.payload_len == 0 or payload is False and p.payload_len > 0:
-        return False
-    if isinstance(payload, str) and payload.encode() not in p.payload:
-        return False
-    if spec.get("seq") is not None and tracker.relative(p).get("rel_seq") != spec["seq"]:
-        return False
-    if spec.get("ack") is not None and tracker.relative(p).get("rel_ack") != spec["ack"]:
-        return False
-    return True
+def matches(spec: dict, p: tcp.Header, tracker: Connections) -> bool:
+    def relative() -> tuple[int | None, int | None]:
+        numbers = tracker.relative(p)
+        return numbers.get("rel_seq"), numbers.get("rel_ack")
+
+    return tcp.matches(spec, p, sources=spec.get("from") or None, targets=spec.get("to") or None, relative=relative)
 
 
 class Rule:
@@ -190,7 +115,7 @@ class Rule:
         self.acted = 0
         self.held: list[bytes] = []
 
-    def wants(self, p: TcpPacket, tracker: Connections) -> bool:
+    def wants(self, p: tcp.Header, tracker: Connections) -> bool:
         if not self.armed or not matches(self.spec, p, tracker):
             return False
         self.matched += 1
@@ -254,9 +179,8 @@ class RuleEngine(threading.Thread):
                 self.changed.notify_all()
 
     def _decide(self, packet, sequence: int) -> None:
-        try:
-            p = TcpPacket(packet.payload)
-        except (struct.error, IndexError, OSError):
+        p = tcp.parse(packet.payload)
+        if p is None:  # not a whole IPv4/TCP packet: nothing a rule could name
             self.queue.verdict(packet.id, nfq.NF_ACCEPT)
             return
         self.tracker.see(p)
@@ -266,9 +190,9 @@ class RuleEngine(threading.Thread):
                 continue
             if not rule.wants(p, self.tracker):
                 continue
-            summary = p.summary(self.tracker)
+            described = summary(p, self.tracker)
             if rule.action == "watch":
-                self.record(rule.name, "watch", summary)
+                self.record(rule.name, "watch", described)
                 continue
             acted = True
             if rule.action == "drop":
@@ -277,18 +201,18 @@ class RuleEngine(threading.Thread):
                 verdict = None
                 heapq.heappush(self.delayed, (time.monotonic() + rule.spec["delay"], sequence, packet.id))
             elif rule.action == "duplicate":
-                self._send(p.data)
+                self._send(p.buf)
             elif rule.action == "hold":
-                rule.held.append(p.data)
+                rule.held.append(p.buf)
                 if rule.spec.get("keep", "packet") == "packet":
                     verdict = nfq.NF_DROP
-            self.record(rule.name, rule.action, summary, **({"delay": rule.spec["delay"]} if rule.action == "delay" else {}))
+            self.record(rule.name, rule.action, described, **({"delay": rule.spec["delay"]} if rule.action == "delay" else {}))
         # Arm context rules after deciding, so the packet that arms a rule is not its own target.
         for rule in self.rules.values():
             after = rule.spec.get("after")
             if not rule.armed and after and matches(after, p, self.tracker):
                 rule.armed = True
-                self.record(rule.name, "armed", p.summary(self.tracker))
+                self.record(rule.name, "armed", summary(p, self.tracker))
         if verdict is not None:
             self.queue.verdict(packet.id, verdict)
 
@@ -319,7 +243,7 @@ class RuleEngine(threading.Thread):
                 rule.held.clear()
             sent = []
             for data in packets:
-                original = TcpPacket(data)
+                original = tcp.parse(data)
                 seq_delta = ack_delta = 0
                 shift = how.get("seq")
                 if shift == "shift":
@@ -328,16 +252,16 @@ class RuleEngine(threading.Thread):
                     if old is None or new is None:
                         raise ValueError("no connection on this 4-tuple was seen, so there is nothing to shift into")
                     mine, theirs = (original.src, original.sport), (original.dst, original.dport)
-                    seq_delta = new.get(mine, 0) - old[1].get(mine, 0)
-                    ack_delta = new.get(theirs, 0) - old[1].get(theirs, 0)
+                    seq_delta = new.isn.get(mine, 0) - old.isn.get(mine, 0)
+                    ack_delta = new.isn.get(theirs, 0) - old.isn.get(theirs, 0)
                 elif isinstance(shift, int):
                     seq_delta = shift
                 out = rewrite(data, seq_delta=seq_delta, ack_delta=ack_delta, strip_timestamps=bool(how.get("strip_timestamps")))
                 self._send(out)
-                packet = TcpPacket(out)
-                summary = packet.summary(self.tracker)
-                self.record(name, "release", summary, original=original.summary(), rewritten=out != data)
-                sent.append(summary)
+                packet = tcp.parse(out)
+                described = summary(packet, self.tracker)
+                self.record(name, "release", described, original=summary(original), rewritten=out != data)
+                sent.append(described)
             self.changed.notify_all()
         return {"released": len(sent), "packets": sent}
 

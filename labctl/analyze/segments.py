@@ -15,8 +15,8 @@ from pathlib import Path
 
 import dpkt
 
-FLAG_LETTERS = (("F", dpkt.tcp.TH_FIN), ("S", dpkt.tcp.TH_SYN), ("R", dpkt.tcp.TH_RST), ("P", dpkt.tcp.TH_PUSH),
-                ("A", dpkt.tcp.TH_ACK), ("U", dpkt.tcp.TH_URG), ("E", dpkt.tcp.TH_ECE), ("C", dpkt.tcp.TH_CWR))
+from ..agent import tcp
+from ..agent.tcp import flag_string
 
 
 @dataclass
@@ -77,10 +77,6 @@ class Segment:
                 "out_of_window": self.out_of_window, "rst": self.rst or None}
 
 
-def flag_string(bits: int) -> str:
-    return "".join(letter for letter, bit in FLAG_LETTERS if bits & bit)
-
-
 def read_capture(path: Path, node: str, iface: str) -> list[Segment]:
     segments = []
     with open(path, "rb") as fh:
@@ -113,43 +109,13 @@ def _decode(ts: float, frame: bytes, datalink: int, node: str, iface: str) -> Se
         return _decode_dpkt(ts, frame, datalink, node, iface)
     if kind != _IPV4:
         return None if kind in (b"\x08\x06", b"\x86\xdd") else _decode_dpkt(ts, frame, datalink, node, iface)  # ARP, IPv6
-    if len(frame) < ip + 20 or frame[ip] >> 4 != 4:
-        return _decode_dpkt(ts, frame, datalink, node, iface)
-    if frame[ip + 9] != 6:
-        return None  # not TCP
-    ihl = (frame[ip] & 0x0F) * 4
-    total = int.from_bytes(frame[ip + 2:ip + 4], "big")
-    fragment = int.from_bytes(frame[ip + 6:ip + 8], "big") & 0x3FFF  # MF and the offset
-    tcp = ip + ihl
-    if fragment or ihl < 20 or len(frame) < tcp + 20 or len(frame) < ip + total:
-        return _decode_dpkt(ts, frame, datalink, node, iface)
-    header = (frame[tcp + 12] >> 4) * 4
-    end = ip + total  # not len(frame): Ethernet pads short frames
-    if header < 20 or tcp + header > end:
-        return _decode_dpkt(ts, frame, datalink, node, iface)
-    timestamps = wscale = None
-    i = tcp + 20
-    while i < tcp + header:
-        option = frame[i]
-        if option == 0:
-            break
-        if option == 1:
-            i += 1
-            continue
-        if i + 1 >= tcp + header or frame[i + 1] < 2:
-            break
-        size = frame[i + 1]
-        if option == dpkt.tcp.TCP_OPT_TIMESTAMP and size == 10:
-            timestamps = (int.from_bytes(frame[i + 2:i + 6], "big"), int.from_bytes(frame[i + 6:i + 10], "big"))
-        elif option == dpkt.tcp.TCP_OPT_WSCALE and size == 3:
-            wscale = min(frame[i + 2], 14)  # RFC 7323 2.3: larger shifts are taken as 14
-        i += size
-    data = frame[tcp + header:end]
-    return Segment(ts, node, iface, socket.inet_ntoa(frame[ip + 12:ip + 16]), int.from_bytes(frame[tcp:tcp + 2], "big"),
-                   socket.inet_ntoa(frame[ip + 16:ip + 20]), int.from_bytes(frame[tcp + 2:tcp + 4], "big"),
-                   flag_string(frame[tcp + 13]), int.from_bytes(frame[tcp + 4:tcp + 8], "big"),
-                   int.from_bytes(frame[tcp + 8:tcp + 12], "big"), len(data), int.from_bytes(frame[ip + 4:ip + 6], "big"),
-                   frame[ip + 8], int.from_bytes(frame[tcp + 14:tcp + 16], "big"), bytes(data[:256]), timestamps, wscale=wscale)
+    if len(frame) >= ip + 20 and frame[ip] >> 4 == 4 and frame[ip + 9] != 6:
+        return None  # IPv4, not TCP
+    h = tcp.parse(frame, ip)
+    if h is None:
+        return _decode_dpkt(ts, frame, datalink, node, iface)  # a fragment, a cut or odd header: dpkt decides
+    return Segment(ts, node, iface, h.src, h.sport, h.dst, h.dport, h.flags, h.seq, h.ack, h.length, h.ip_id, h.ttl, h.window,
+                   bytes(frame[h.payload_start:min(h.payload_end, h.payload_start + 256)]), h.timestamps, wscale=h.wscale)
 
 
 def _decode_dpkt(ts: float, frame: bytes, datalink: int, node: str, iface: str) -> Segment | None:
@@ -165,16 +131,10 @@ def _decode_dpkt(ts: float, frame: bytes, datalink: int, node: str, iface: str) 
         return None
     if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP):
         return None
-    tcp = ip.data
-    timestamps = None
-    wscale = None
-    for kind, value in dpkt.tcp.parse_opts(tcp.opts):
-        if kind == dpkt.tcp.TCP_OPT_TIMESTAMP and len(value) == 8:
-            timestamps = (int.from_bytes(value[:4], "big"), int.from_bytes(value[4:], "big"))
-        elif kind == dpkt.tcp.TCP_OPT_WSCALE and len(value) == 1:
-            wscale = min(value[0], 14)  # RFC 7323 2.3: larger shifts are taken as 14
-    return Segment(ts, node, iface, socket.inet_ntoa(ip.src), tcp.sport, socket.inet_ntoa(ip.dst), tcp.dport,
-                   flag_string(tcp.flags), tcp.seq, tcp.ack, len(tcp.data), ip.id, ip.ttl, tcp.win, bytes(tcp.data[:256]),
+    th = ip.data
+    timestamps, wscale, _ = tcp.option_values(th.opts, 0, len(th.opts))
+    return Segment(ts, node, iface, socket.inet_ntoa(ip.src), th.sport, socket.inet_ntoa(ip.dst), th.dport,
+                   flag_string(th.flags), th.seq, th.ack, len(th.data), ip.id, ip.ttl, th.win, bytes(th.data[:256]),
                    timestamps, wscale=wscale)
 
 
@@ -189,6 +149,12 @@ class Connection:
     isn: dict[tuple[str, int], int] = field(default_factory=dict)
     first: float = 0.0
     last: float = 0.0
+
+    @classmethod
+    def of(cls, incarnation: tcp.Incarnation) -> "Connection":
+        client, server = incarnation.client, incarnation.server
+        return cls(f"{client[0]}:{client[1]}-{server[0]}:{server[1]}", client, server, incarnation.index, dict(incarnation.isn),
+                   incarnation.first, incarnation.last)
 
 
 def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
@@ -209,31 +175,18 @@ def analyze(segments: list[Segment]) -> tuple[list[Segment], list[Connection]]:
             candidates.append(group)
         group[1].add(point)
         segment.transmission = group[0]
-    connections: dict[frozenset, list[Connection]] = {}
-    result: list[Connection] = []
     first_at: dict[int, Segment] = {}
     for segment in segments:
         first_at.setdefault(segment.transmission, segment)
+    tracker = tcp.Incarnations(first_sight=True)
     for segment in sorted(first_at.values(), key=lambda s: s.t):
-        ends = frozenset({(segment.src, segment.sport), (segment.dst, segment.dport)})
-        incarnations = connections.setdefault(ends, [])
-        here = (segment.src, segment.sport)
-        current = incarnations[-1] if incarnations else None
-        is_new_syn = "S" in segment.flags and "A" not in segment.flags and (
-            current is None or current.isn.get(here) not in (None, segment.seq))
-        if current is None or is_new_syn:
-            client = here if ("S" in segment.flags and "A" not in segment.flags) or current is None else current.client
-            server = (segment.dst, segment.dport) if client == here else here
-            name = f"{client[0]}:{client[1]}-{server[0]}:{server[1]}"
-            current = Connection(name, client, server, len(incarnations), first=segment.t)
-            incarnations.append(current)
-            result.append(current)
-        current.isn.setdefault(here, segment.seq)
-        current.last = segment.t
+        tracker.see(segment.src, segment.sport, segment.dst, segment.dport, segment.flags, segment.seq, segment.t)
+    connections = {ends: [Connection.of(i) for i in history] for ends, history in tracker.history.items()}
+    result = sorted((c for history in connections.values() for c in history), key=lambda c: c.first)
     # Give every capture record its incarnation and relative numbers, via its transmission.
     by_transmission: dict[int, Connection] = {}
     for segment in sorted(first_at.values(), key=lambda s: s.t):
-        ends = frozenset({(segment.src, segment.sport), (segment.dst, segment.dport)})
+        ends = tcp.ends(segment.src, segment.sport, segment.dst, segment.dport)
         candidates = [c for c in connections[ends] if c.first <= segment.t]
         by_transmission[segment.transmission] = candidates[-1] if candidates else connections[ends][0]
     # A retransmission repeats sequence space its sender had already used in this incarnation:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..agent import tcp
+from ..agent.tcp import flag_words
 from ..rundir import read_jsonl
 from .segments import Connection, Segment, capture_path
 from .states import SocketTimeline
@@ -203,10 +205,6 @@ def _transmissions(segments: list[Segment], owner: dict[str, str], capturing: se
     return result
 
 
-def _flagset(flags: str | None) -> set[str]:
-    return set((flags or "").upper().replace(".", "A"))
-
-
 def _rules(run_dir: Path, transmissions: list[Transmission]) -> list[RuleAction]:
     actions = []
     for record in read_jsonl(run_dir / "rules.jsonl"):
@@ -231,7 +229,7 @@ def _match_rule(action: RuleAction, transmissions: list[Transmission]) -> int | 
         first = tx.first
         if f"{first.src}:{first.sport}" != packet["src"] or f"{first.dst}:{first.dport}" != packet["dst"]:
             continue
-        if packet.get("flags") is not None and _flagset(packet["flags"]) != set(first.flags):
+        if packet.get("flags") is not None and tcp.flag_set(packet["flags"]) != set(first.flags):
             continue
         if packet.get("seq") is not None and packet["seq"] not in (first.seq, first.rel_seq):
             continue
@@ -263,14 +261,6 @@ def _acted(transmissions: list[Transmission], rules: list[RuleAction], nodes: di
             elif at[-1].t - at[0].t > HELD:
                 acted.setdefault(node, []).append(f"held #{tx.number} {1000 * (at[-1].t - at[0].t):.0f} ms")
     return acted
-
-
-FLAG_WORDS = (("S", "SYN"), ("F", "FIN"), ("R", "RST"), ("P", "PSH"), ("A", "ACK"), ("U", "URG"), ("E", "ECE"), ("C", "CWR"))
-
-
-def flag_words(flags: str) -> str:
-    """Flags as a student reads them: 'SYN ACK', 'FIN ACK', 'RST'."""
-    return " ".join(word for letter, word in FLAG_WORDS if letter in flags) or "none"
 
 
 def marks(segment, fate: str = "delivered", *, origin: str | None = None, sender: str | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..agent import tcp
 from ..rundir import read_json, read_jsonl
 from ..scenario import Expectation
 from .segments import Segment, load_segments
@@ -47,40 +48,12 @@ class RunView:
         return next((s for s in self.steps if s.get("as") == name), None)
 
 
-def flags_match(wanted: str | None, flags: str) -> bool:
-    if not wanted:
-        return True
-    exact = wanted.startswith("=")
-    letters = set(wanted.lstrip("=").replace(".", "A").upper())
-    have = set(flags)
-    return have == letters if exact else letters <= have
-
-
 def segment_matches(segment: Segment, spec: dict, view: RunView) -> bool:
-    sources, targets = view.addresses(spec.get("from")), view.addresses(spec.get("to"))
-    if sources is not None and segment.src not in sources:
-        return False
-    if targets is not None and segment.dst not in targets:
-        return False
-    if not flags_match(spec.get("flags"), segment.flags):
-        return False
-    if spec.get("sport") is not None and segment.sport != spec["sport"]:
-        return False
-    if spec.get("dport") is not None and segment.dport != spec["dport"]:
-        return False
-    if spec.get("seq") is not None and segment.rel_seq != spec["seq"]:
-        return False
-    if spec.get("ack") is not None and ("A" not in segment.flags or segment.rel_ack != spec["ack"]):
-        return False
-    payload = spec.get("payload")
-    if payload is True and segment.length == 0 or payload is False and segment.length > 0:
-        return False
-    if isinstance(payload, str) and payload.encode() not in segment.payload:
+    if not tcp.matches(spec, segment, sources=view.addresses(spec.get("from")), targets=view.addresses(spec.get("to")),
+                       relative=lambda: (segment.rel_seq, segment.rel_ack)):
         return False
     retransmission = spec.get("retransmission")
-    if retransmission is not None and segment.retransmission != retransmission:
-        return False
-    return True
+    return retransmission is None or segment.retransmission == retransmission
 
 
 def segments_seen(view: RunView, spec: dict) -> list[Segment]:
