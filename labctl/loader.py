@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from itertools import product
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union, get_args, get_origin
 
 import jinja2
-import jinja2.sandbox
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from . import template
 from .errors import LabFileError, LabNotFound, Location
 from .model import Lab, Link
+from .template import Rendered
 
 LAB_FILE = "lab.yaml"
 BUILTIN_LABS = Path(__file__).resolve().parent.parent / "labs"
@@ -102,17 +104,13 @@ class LoadedLab:
 
 def load_lab(ref: str | Path, params: Mapping[str, str] | None = None) -> LoadedLab:
     path = resolve_lab_file(ref)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise LabNotFound(f"cannot read {path}: {exc.strerror}") from exc
-    return load_lab_text(text, path, params or {})
+    return load_lab_text(read_source(path), path, params or {})
 
 
 def load_lab_text(text: str, path: Path | None = None, params: Mapping[str, str] | None = None) -> LoadedLab:
     params = dict(params or {})
-    rendered = render_template(text, path, params)
-    data, source = parse_yaml(rendered, path)
+    rendered = render_template(text, path, typed_params(params))
+    data, source = parse_yaml(rendered.text, path, rendered)
     lab = validate_model(Lab, data, source)
     loaded = LoadedLab(lab, source, params)
     check_lab(loaded)
@@ -121,67 +119,253 @@ def load_lab_text(text: str, path: Path | None = None, params: Mapping[str, str]
 
 # --- Jinja2 ------------------------------------------------------------------
 
-def render_template(text: str, path: Path | None, params: Mapping[str, Any]) -> str:
-    """Render parameters into a file. Sandboxed: a lab file is code from someone else."""
-    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    try:
-        return env.from_string(text).render(**params)
-    except jinja2.TemplateSyntaxError as exc:
-        raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
-    except jinja2.UndefinedError as exc:
-        raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path, _template_line(exc)),
-                           hint="give it with -p NAME=VALUE, or use a default: {{ name | default('x') }}") from None
-    except jinja2.exceptions.SecurityError as exc:
-        raise LabFileError(f"template not allowed: {exc}", location=Location(path, _template_line(exc))) from None
+def render_template(text: str, path: Path | None, params: Mapping[str, Any]) -> Rendered:
+    """Render parameters into a file: sandboxed and bounded (see labctl.template)."""
+    return template.render(text, path, params)
 
 
-def _template_line(exc: BaseException) -> int | None:
-    # Render errors carry no line; Jinja2 rewrites the traceback so the
-    # template's own frames (named '<template>') hold its line numbers.
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
+def typed_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """-p values as data: 8080 an int, 0.5 a float, true a boolean, anything else text."""
+    return {key: template.parameter_value(value) if isinstance(value, str) else value for key, value in params.items()}
 
 
 # --- YAML with line numbers -------------------------------------------------
 
-def parse_yaml(text: str, path: Path | None) -> tuple[Any, SourceMap]:
+# Limits that keep any file, however written, from hanging or exhausting labctl
+# (the README's "Limits" lists them for authors).
+MAX_FILE_BYTES = 1_000_000   # a lab or scenario file on disk
+MAX_DEPTH = 40               # mappings and lists inside each other
+MAX_VALUES = 200_000         # values in a document, each alias counting what it repeats
+MAX_ALIASES = 1_000          # *alias uses in a document
+
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+_STR = "tag:yaml.org,2002:str"
+
+
+def read_source(path: Path) -> str:
+    """A lab or scenario file's text: bounded in size, UTF-8 only."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise LabFileError(f"the file is {size:,} bytes; lab and scenario files are at most {MAX_FILE_BYTES:,}",
+                               location=Location(path, None))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise LabNotFound(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise LabFileError(f"the file is larger than {MAX_FILE_BYTES:,} bytes", location=Location(path, None))
+    return decode_source(data, path)
+
+
+def decode_source(data: bytes, path: Path | None) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise LabFileError(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})",
+                           location=Location(path, line), hint="save it as UTF-8") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise LabFileError("the file is binary, not YAML text (it holds a NUL byte)", location=Location(path, line)) from None
+    return text.removeprefix("\ufeff")
+
+
+def parse_yaml(text: str, path: Path | None, rendered: Rendered | None = None) -> tuple[Any, SourceMap]:
+    """YAML as plain data (mappings, lists, strings, numbers, booleans, null), each value's line kept.
+
+    Built from the parser's events, iteratively: no recursion to exhaust, aliases counted
+    as what they expand to, tags other than plain data's refused, ``<<`` merge keys refused.
+    ``rendered``: the template output this text is, whose printed values go back in as data.
+    """
+    builder = _Builder(path, rendered)
+    loader = None
+    try:
+        loader = yaml.SafeLoader(text)
+        data = builder.build(loader)
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+        raise LabFileError(f"character #x{exc.character:04x} is not allowed in YAML (a control character, not text)",
+                           location=Location(path, line)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         raise LabFileError(f"YAML syntax error: {problem}", location=Location(path, mark.line + 1 if mark else None)) from None
-    if root is None:
+    except yaml.YAMLError as exc:
+        raise LabFileError(f"YAML error: {exc}", location=Location(path, None)) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if data is _EMPTY:
         raise LabFileError("the file is empty", location=Location(path, 1))
-    lines: dict[FieldPath, int] = {}
-    data = _to_python(root, (), lines, path)
-    return data, SourceMap(path, lines)
+    return data, SourceMap(path, builder.lines)
 
 
-def _to_python(node: yaml.Node, here: FieldPath, lines: dict[FieldPath, int], path: Path | None) -> Any:
-    lines[here] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = yaml.SafeLoader(" ").construct_object(key_node) if key_node.tag != "tag:yaml.org,2002:str" else key_node.value
-            if not isinstance(key, (str, int)):
-                raise LabFileError("a key must be a plain word", location=Location(path, key_node.start_mark.line + 1, _dotted(here) or None))
-            key = str(key)
-            if key in result:
-                # PyYAML silently keeps the last of two equal keys; a lab author never means that.
-                raise LabFileError(f"duplicate key '{key}'", location=Location(path, key_node.start_mark.line + 1, _dotted((*here, key))))
-            result[key] = _to_python(value_node, (*here, key), lines, path)
-            # A block value starts on the line after its key; point at the key the author wrote.
-            lines[(*here, key)] = key_node.start_mark.line + 1
+_EMPTY = object()
+
+
+@dataclass
+class _Open:
+    """A mapping or list being built."""
+
+    value: Any
+    here: FieldPath
+    anchor: str | None
+    first_record: int
+    key: Any = None
+    key_line: int = 0
+    has_key: bool = False
+
+
+class _Builder:
+    def __init__(self, path: Path | None, rendered: Rendered | None):
+        self.path = path
+        self.rendered = rendered
+        self.lines: dict[FieldPath, int] = {}
+        self.records: list[tuple[FieldPath, int]] = []  # every line set, in order: what an anchor repeats
+        self.anchors: dict[str, tuple[Any, FieldPath, list[tuple[FieldPath, int]], int]] = {}
+        self.open_anchors: set[str] = set()
+        self.values = 0
+        self.aliases = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def fail(self, message: str, event: Any, field: FieldPath = (), hint: str | None = None) -> LabFileError:
+        return LabFileError(message, location=Location(self.path, event.start_mark.line + 1, _dotted(field) or None), hint=hint)
+
+    def mark(self, here: FieldPath, line: int) -> None:
+        self.lines[here] = line
+        self.records.append((here, line))
+
+    def count(self, n: int, event: Any) -> None:
+        self.values += n
+        if self.values > MAX_VALUES:
+            raise self.fail(f"the document has more than {MAX_VALUES:,} values (counting what aliases repeat)", event,
+                            hint="an alias bomb? write the values out, or split the lab")
+
+    def build(self, loader: yaml.SafeLoader) -> Any:
+        stack: list[_Open] = []
+        result: Any = _EMPTY
+        documents = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+                continue
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise self.fail("a file holds one YAML document; this is a second one", event)
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                done = stack.pop()
+                self.close_anchor(done)
+                value, here = done.value, done.here
+            else:
+                parent = stack[-1] if stack else None
+                if parent is not None and isinstance(parent.value, dict) and not parent.has_key:
+                    self.take_key(parent, event)
+                    continue
+                here = self.child_path(parent)
+                if isinstance(event, yaml.AliasEvent):
+                    value = self.alias(event, here)
+                elif isinstance(event, yaml.ScalarEvent):
+                    self.count(1, event)
+                    self.mark(here, event.start_mark.line + 1)
+                    value = self.scalar(event, here)
+                    if event.anchor:
+                        self.anchors[event.anchor] = (value, here, [(here, event.start_mark.line + 1)], 1)
+                else:  # a mapping or a list starts
+                    self.count(1, event)
+                    if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
+                        raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, here)
+                    if len(stack) >= MAX_DEPTH:
+                        raise self.fail(f"nested more than {MAX_DEPTH} levels deep", event, here[:3])
+                    self.mark(here, event.start_mark.line + 1)
+                    if event.anchor:
+                        self.open_anchors.add(event.anchor)
+                    container: Any = {} if isinstance(event, yaml.MappingStartEvent) else []
+                    stack.append(_Open(container, here, event.anchor, len(self.records) - 1))
+                    continue
+            # a finished value goes into its parent
+            if not stack:
+                result = value
+                continue
+            parent = stack[-1]
+            if isinstance(parent.value, dict):
+                parent.value[parent.key] = value
+                # A block value starts on the line after its key; point at the key the author wrote.
+                self.mark((*parent.here, parent.key), parent.key_line)
+                parent.has_key = False
+            else:
+                parent.value.append(value)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*here, i), lines, path) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader(" ").construct_object(node)
+
+    def child_path(self, parent: _Open | None) -> FieldPath:
+        if parent is None:
+            return ()
+        if isinstance(parent.value, dict):
+            return (*parent.here, parent.key)
+        return (*parent.here, len(parent.value))
+
+    def take_key(self, parent: _Open, event: Any) -> None:
+        where = parent.here
+        if not isinstance(event, yaml.ScalarEvent):
+            raise self.fail("a key must be a plain word", event, where)
+        if event.value == "<<" and event.style is None and event.tag is None:
+            raise self.fail("merge keys (<<) are not supported: write the keys out (an alias may repeat one value)", event, where)
+        if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
+            raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, where)
+        # Keys are names (nodes, links, fields, sysctls): the text written, never a number or a boolean.
+        key = self.rendered.substitute(event.value) if self.rendered is not None else event.value
+        if key in parent.value:
+            # PyYAML silently keeps the last of two equal keys; a lab author never means that.
+            raise self.fail(f"duplicate key '{key}'", event, (*where, key))
+        parent.key, parent.key_line, parent.has_key = key, event.start_mark.line + 1, True
+
+    def scalar(self, event: Any, here: FieldPath) -> Any:
+        if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
+            raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, here)
+        text = event.value
+        plain = event.style is None and event.tag is None
+        rendered = self.rendered
+        if rendered is not None and rendered.has_tokens(text):
+            whole, value = rendered.whole(text)
+            if whole and plain and not isinstance(value, str):
+                return value  # a printed number, boolean or list: the value itself
+            text = rendered.substitute(text)
+            if not plain:
+                return text
+        if event.tag in (None, "!"):
+            tag = self.constructor.resolve(yaml.ScalarNode, text, event.implicit if not plain else (True, False))
+        else:
+            tag = event.tag
+        if tag not in _PLAIN_TAGS:
+            return text  # timestamps, '=' and the like: YAML 1.1 extras read as the text written
+        try:
+            return self.constructor.yaml_constructors[tag](self.constructor, yaml.ScalarNode(tag, text, event.start_mark, event.end_mark))
+        except (ValueError, yaml.YAMLError) as exc:
+            raise self.fail(f"{text[:40]!r} is not a valid {tag.rsplit(':', 1)[-1]}: {str(exc).splitlines()[0][:80]}", event, here) from None
+
+    def alias(self, event: Any, here: FieldPath) -> Any:
+        name = event.anchor
+        if name in self.open_anchors:
+            raise self.fail(f"alias *{name} is inside the value it refers to (a recursive alias)", event, here)
+        if name not in self.anchors:
+            raise self.fail(f"unknown alias *{name}", event, here, hint="an alias refers to an &anchor written before it")
+        self.aliases += 1
+        if self.aliases > MAX_ALIASES:
+            raise self.fail(f"more than {MAX_ALIASES:,} aliases", event, here)
+        value, origin, records, size = self.anchors[name]
+        self.count(size, event)
+        for path, line in records:
+            self.mark((*here, *path[len(origin):]), line)
+        return value
+
+    def close_anchor(self, done: _Open) -> None:
+        if done.anchor is None:
+            return
+        self.open_anchors.discard(done.anchor)
+        records = self.records[done.first_record:]
+        self.anchors[done.anchor] = (done.value, done.here, records, len(records))
 
 
 # --- schema validation -----------------------------------------------------
@@ -520,34 +704,49 @@ def load_scenarios(loaded: LoadedLab, names: Sequence[str] = (), params: Mapping
     return result
 
 
-def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, str]) -> list[LoadedScenario]:
-    from itertools import product
+MAX_MATRIX_POINTS = 1_000  # runs one scenario file's matrix may ask for
 
+
+def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, str]) -> list[LoadedScenario]:
     from .scenario import Scenario
 
-    text = path.read_text()
-    # First look, for the defaults and the matrix only: render leniently (unknown names are
-    # empty, conditions false), so a file with {% if %} blocks still parses.
-    try:
-        lenient = jinja2.sandbox.SandboxedEnvironment(undefined=_Blank, autoescape=False)
-        head = yaml.safe_load(lenient.from_string(text).render()) or {}
-    except (yaml.YAMLError, jinja2.TemplateError):
-        head = {}
-    defaults = head.get("params") or {} if isinstance(head, dict) else {}
-    matrix = head.get("matrix") or {} if isinstance(head, dict) else {}
+    text = read_source(path)
+    overrides = typed_params(overrides)
+    head, head_source = _scenario_head(text, path)
+    defaults = head.get("params") if isinstance(head.get("params"), dict) else {}
+    matrix = head.get("matrix") if isinstance(head.get("matrix"), dict) else {}
     # A parameter given with -p fixes that axis of the matrix.
-    keys = [k for k in matrix if k not in overrides] if isinstance(matrix, dict) else []
-    points = [dict(zip(keys, values)) for values in product(*(matrix[k] if isinstance(matrix[k], list) else [matrix[k]] for k in keys))] or [{}]
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in matrix.items() if k not in overrides}
+    total = 1
+    for values in axes.values():
+        total *= len(values)
+    if total > MAX_MATRIX_POINTS:
+        sizes = " x ".join(str(len(v)) for v in axes.values())
+        raise LabFileError(f"the matrix has {total:,} points ({sizes}); a scenario file may ask for at most {MAX_MATRIX_POINTS:,} runs",
+                           location=head_source.locate(("matrix",)), hint="fix some axes with -p NAME=VALUE, or split the sweep")
+    points = [dict(zip(axes, values)) for values in product(*axes.values())] or [{}]
     result = []
     for point in points:
-        params = {**(defaults if isinstance(defaults, dict) else {}), **point, **dict(overrides)}
+        params = {**defaults, **point, **overrides}
         rendered = render_template(text, path, params)
-        data, source = parse_yaml(rendered, path)
+        data, source = parse_yaml(rendered.text, path, rendered)
         scenario = validate_model(Scenario, data, source)
         one = LoadedScenario(scenario, source, params, point)
         check_scenario(one, loaded)
         result.append(one)
     return result
+
+
+def _scenario_head(text: str, path: Path) -> tuple[dict, SourceMap]:
+    """The defaults and the matrix, from a first look: rendered leniently (unknown names are
+    empty, conditions false), so a file with {% if %} blocks still parses. Problems are left
+    for the real rendering to report."""
+    try:
+        rendered = template.render(text, path, {}, undefined=_Blank)
+        head, source = parse_yaml(rendered.text, path, rendered)
+    except LabFileError:
+        return {}, SourceMap(path)
+    return (head if isinstance(head, dict) else {}), source
 
 
 def check_scenario(one: LoadedScenario, loaded: LoadedLab) -> None:
