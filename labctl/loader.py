@@ -10,12 +10,11 @@ until all of this has passed.
 from __future__ import annotations
 
 import os
-from collections import deque
 from itertools import product
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union, get_args, get_origin
+from typing import Any, Iterable, Mapping, Sequence, Union, get_args, get_origin
 
 import jinja2
 import yaml
@@ -25,6 +24,8 @@ from . import template
 from .errors import LabFileError, LabNotFound, Location
 from .model import Lab, Link
 from .template import Rendered
+from .units import shown
+from .topology import forwarding_paths, links_of, neighbours, share_link, unreachable_pair  # noqa: F401 (plan imports them from here)
 
 LAB_FILE = "lab.yaml"
 BUILTIN_LABS = Path(__file__).resolve().parent.parent / "labs"
@@ -122,6 +123,12 @@ def load_lab_text(text: str, path: Path | None = None, params: Mapping[str, str]
 def render_template(text: str, path: Path | None, params: Mapping[str, Any]) -> Rendered:
     """Render parameters into a file: sandboxed and bounded (see labctl.template)."""
     return template.render(text, path, params)
+
+
+def rendered_data(text: str, path: Path | None, params: Mapping[str, Any]) -> Any:
+    """A file as the models see it: rendered with ``params`` and parsed (not yet validated)."""
+    rendered = render_template(text, path, typed_params(params))
+    return parse_yaml(rendered.text, path, rendered)[0]
 
 
 def typed_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -393,11 +400,11 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
     elif kind == "missing":
         message = f"required key '{loc[-1]}' is missing"
     elif kind == "string_pattern_mismatch":
-        message = f"{err['input']!r} is not allowed: {_field_description(model, loc) or 'wrong form'}"
+        message = f"{shown(err['input'])} is not allowed: {_field_description(model, loc) or 'wrong form'}"
     elif kind in ("literal_error", "enum"):
-        message = f"{err['input']!r} is not allowed; expected {err['ctx']['expected']}"
+        message = f"{shown(err['input'])} is not allowed; expected {err['ctx']['expected']}"
     elif kind.endswith("_type") or kind.startswith("ip_"):
-        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {type(err['input']).__name__} {err['input']!r}"
+        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {type(err['input']).__name__} {shown(err['input'])}"
     elif kind == "value_error" and err.get("ctx", {}).get("error") is not None:
         # Our own validators (units: 50ms, 5%, 1mbit) say what was written and what is allowed.
         message = str(err["ctx"]["error"])
@@ -493,7 +500,7 @@ def check_lab(loaded: LoadedLab) -> None:
         seen_ends: set[str] = set()
         for j, end in enumerate(link.endpoints):
             if end not in lab.nodes:
-                raise loaded.error(("links", i, "endpoints", j), f"unknown node '{end}'", hint=f"nodes are: {', '.join(lab.nodes)}")
+                raise loaded.error(("links", i, "endpoints", j), f"unknown node '{end}'", hint=f"nodes are: {_names(lab.nodes)}")
             if end in seen_ends:
                 raise loaded.error(("links", i, "endpoints", j), f"node '{end}' is listed twice on link '{link.name}'")
             seen_ends.add(end)
@@ -521,15 +528,35 @@ def check_lab(loaded: LoadedLab) -> None:
     for name in lab.nodes:
         if name not in attached:
             raise loaded.error(("nodes", name), f"node '{name}' is on no link", hint="add it to a link's endpoints, or remove it")
-    explicit = [(i, link.subnet) for i, link in enumerate(lab.links) if link.subnet is not None]
-    for a, (i, net_i) in enumerate(explicit):
-        for j, net_j in explicit[a + 1:]:
-            if net_i.overlaps(net_j):
-                raise loaded.error(("links", j, "subnet"), f"subnet {net_j} overlaps {net_i} of link '{lab.links[i].name}'")
+    _check_overlaps(loaded)
+    links = links_of(lab)
     for name, node in lab.nodes.items():
         for k, route in enumerate(node.routes or []):
-            _check_route(loaded, name, k, route.to, route.via)
+            _check_route(loaded, links, name, k, route.to, route.via)
     _check_reachability(loaded)
+
+
+def _check_overlaps(loaded: LoadedLab) -> None:
+    """No two fixed subnets overlap. Sorted, a CIDR block can only overlap the widest one open before it."""
+    lab = loaded.lab
+    explicit = sorted(((link.subnet, i) for i, link in enumerate(lab.links) if link.subnet is not None),
+                      key=lambda e: (e[0].network_address, e[0].prefixlen))
+    clash = None
+    widest: tuple[IPv4Network, int] | None = None
+    for subnet, i in explicit:
+        if widest is not None and subnet.overlaps(widest[0]):
+            clash = (min(i, widest[1]), max(i, widest[1]))
+            break
+        if widest is None or subnet.broadcast_address > widest[0].broadcast_address:
+            widest = (subnet, i)
+    if clash is None:
+        return
+    # Report the first clash in file order, as a reader scanning the file would find it.
+    fixed = [(i, link.subnet) for i, link in enumerate(lab.links) if link.subnet is not None]
+    for a, (i, net_i) in enumerate(fixed):
+        for j, net_j in fixed[a + 1:]:
+            if net_i.overlaps(net_j):
+                raise loaded.error(("links", j, "subnet"), f"subnet {net_j} overlaps {net_i} of link '{lab.links[i].name}'")
 
 
 def _check_impairments(loaded: LoadedLab, i: int, link: Link) -> None:
@@ -573,7 +600,7 @@ def gateway_address(subnet: IPv4Network) -> IPv4Address:
     return subnet.broadcast_address - 1
 
 
-def _check_route(loaded: LoadedLab, name: str, k: int, to: str, via: str) -> None:
+def _check_route(loaded: LoadedLab, links: Mapping[str, list[Link]], name: str, k: int, to: str, via: str) -> None:
     lab = loaded.lab
     if to != "default":
         try:
@@ -581,61 +608,36 @@ def _check_route(loaded: LoadedLab, name: str, k: int, to: str, via: str) -> Non
         except ValueError:
             raise loaded.error(("nodes", name, "routes", k, "to"), f"'{to}' is not 'default' or a network like 10.250.2.0/24") from None
     if via in lab.nodes:
-        if not any(name in link.endpoints and via in link.endpoints for link in lab.links) or via == name:
+        if not share_link(lab, name, via, links):
             raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' shares no link with '{name}'")
         return
     try:
         via_ip = IPv4Address(via)
     except ValueError:
-        raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' is neither a node nor an IPv4 address", hint=f"nodes are: {', '.join(lab.nodes)}") from None
-    on_link = [link.subnet for link in lab.links if name in link.endpoints and link.subnet is not None]
-    pooled = any(name in link.endpoints and link.subnet is None for link in lab.links)
+        raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' is neither a node nor an IPv4 address", hint=f"nodes are: {_names(lab.nodes)}") from None
+    on_link = [link.subnet for link in links[name] if link.subnet is not None]
+    pooled = any(link.subnet is None for link in links[name])
     # With pool-allocated links the subnet is not known yet: use a node name for the next hop there.
     if not pooled and not any(via_ip in subnet for subnet in on_link):
         raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop {via} is on none of the subnets of '{name}'",
                            hint=f"its subnets: {', '.join(map(str, on_link))}")
 
 
-def neighbours(lab: Lab) -> dict[str, list[str]]:
-    adjacent: dict[str, list[str]] = {name: [] for name in lab.nodes}
-    for link in lab.links:
-        for a in link.endpoints:
-            for b in link.endpoints:
-                if a != b and b not in adjacent[a]:
-                    adjacent[a].append(b)
-    return adjacent
-
-
-def forwarding_paths(lab: Lab, start: str) -> dict[str, list[str]]:
-    """Shortest paths from ``start`` to every node it can reach, transiting only routers.
-
-    Ties break by the order nodes appear in links, so the result is stable.
-    """
-    adjacent = neighbours(lab)
-    paths = {start: [start]}
-    queue = deque([start])
-    while queue:
-        here = queue.popleft()
-        if here != start and lab.nodes[here].role != "router":
-            continue  # hosts do not forward
-        for nxt in adjacent[here]:
-            if nxt not in paths:
-                paths[nxt] = [*paths[here], nxt]
-                queue.append(nxt)
-    return paths
+def _names(names: Iterable[str], most: int = 12) -> str:
+    """Names for a hint: all of a small lab's, the first few of a large one's."""
+    listed = list(names)
+    return ", ".join(listed[:most]) + (f", ... ({len(listed)} in all)" if len(listed) > most else "")
 
 
 def _check_reachability(loaded: LoadedLab) -> None:
     lab = loaded.lab
     if any(node.routes is not None for node in lab.nodes.values()):
         return  # hand-written routes: the author takes charge of reachability
-    hosts = lab.hosts()
-    for a in hosts:
-        reach = forwarding_paths(lab, a)
-        for b in hosts:
-            if b not in reach:
-                raise loaded.error(("nodes", a), f"host '{a}' cannot reach host '{b}': no path through routers",
-                                   hint="connect them through a node with role: router")
+    pair = unreachable_pair(lab)
+    if pair is not None:
+        a, b = pair
+        raise loaded.error(("nodes", a), f"host '{a}' cannot reach host '{b}': no path through routers",
+                           hint="connect them through a node with role: router")
 
 
 # --- scenarios ---------------------------------------------------------------

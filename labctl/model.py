@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .units import Duration, Percent, Rate, format_duration, format_percent, format_rate
+from .units import Duration, Percent, Rate, SysctlName, SysctlValue, format_duration, format_percent, format_rate
 
 SCHEMA_VERSION = 1
 
@@ -21,7 +21,12 @@ NodeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$", description="
 LabName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,30}$", description="The lab's name, used in container and network names.")]
 # Link names become interface names inside nodes, which Linux caps at 15 bytes.
 LinkName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,14}$", description="A link name; also the interface name in each endpoint (at most 15 characters, not 'lo').")]
-SysctlName = Annotated[str, Field(pattern=r"^net\.[a-z0-9_.\-]+$", description="A network sysctl (net.*): only these are per node.")]
+
+# Limits on a lab's size, checked before anything is created (the README's "Limits").
+MAX_NODES = 1_000
+MAX_LINKS = 1_000
+MAX_ROUTES = 256     # static routes of one node
+MAX_SYSCTLS = 256    # sysctls of one node
 
 
 def _none_is_empty(value: object) -> object:
@@ -43,8 +48,8 @@ class Route(_Strict):
 class Node(_Strict):
     role: Literal["host", "router"] = Field("host", description="A router forwards packets (ip_forward=1, rp_filter=0); a host does not.")
     image: str | None = Field(None, description="Container image; default: labctl's node image.")
-    sysctls: dict[SysctlName, str | int] = Field(default_factory=dict, description="Network sysctls set in the node's namespace.")
-    routes: list[Route] | None = Field(None, description="Static routes; when given, the computed routes of this node are not installed.")
+    sysctls: dict[SysctlName, SysctlValue] = Field(default_factory=dict, max_length=MAX_SYSCTLS, description="Network sysctls set in the node's namespace.")
+    routes: list[Route] | None = Field(None, max_length=MAX_ROUTES, description="Static routes; when given, the computed routes of this node are not installed.")
 
 
 MAX_DELAY = 3600.0  # seconds: the userspace engine holds a packet at most an hour, as a sanity bound
@@ -159,7 +164,7 @@ class Link(_Strict):
     """One shared segment (an internal bridge network) joining two or more nodes."""
 
     name: LinkName
-    endpoints: list[NodeName] = Field(min_length=2, description="Nodes attached to this segment.")
+    endpoints: list[NodeName] = Field(min_length=2, max_length=MAX_NODES, description="Nodes attached to this segment.")
     subnet: IPv4Network | None = Field(None, description="IPv4 subnet; allocated from the pool when absent.")
     addresses: dict[NodeName, IPv4Address] = Field(default_factory=dict, description="Fixed addresses for some endpoints; the others are numbered from .1 upward.")
     impair: Annotated[list[Impairment], BeforeValidator(_one_or_many, json_schema_input_type=Impairment | list[Impairment])] | None = Field(
@@ -175,8 +180,8 @@ class Lab(_Strict):
     name: LabName
     description: str = ""
     subnet_pool: IPv4Network | None = Field(None, description="Pool for links without a subnet; default 10.250.0.0/16 (or $LABCTL_SUBNET_POOL).")
-    nodes: dict[NodeName, Annotated[Node, BeforeValidator(_none_is_empty)]] = Field(min_length=1)
-    links: list[Link] = Field(min_length=1)
+    nodes: dict[NodeName, Annotated[Node, BeforeValidator(_none_is_empty)]] = Field(min_length=1, max_length=MAX_NODES)
+    links: list[Link] = Field(min_length=1, max_length=MAX_LINKS)
 
     def routers(self) -> list[str]:
         return [name for name, node in self.nodes.items() if node.role == "router"]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from labctl.export.schemas import schema
-from labctl.loader import render_template
+from labctl.loader import _scenario_head, rendered_data
 from tests.test_cli_conventions import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +33,10 @@ def problems(kind: str, data) -> list[str]:
 def renderings(path: Path) -> list[tuple[dict, object]]:
     """The file rendered with its defaults, once per matrix point (as `labctl run` renders it)."""
     text = path.read_text()
-    import jinja2.sandbox
-
-    from labctl.loader import _Blank
-
-    head = yaml.safe_load(jinja2.sandbox.SandboxedEnvironment(undefined=_Blank).from_string(text).render()) or {}
+    head, _ = _scenario_head(text, path)
     defaults, matrix = head.get("params") or {}, head.get("matrix") or {}
     points = [dict(zip(matrix, values)) for values in itertools.product(*matrix.values())] or [{}]
-    return [({**defaults, **point}, yaml.safe_load(render_template(text, path, {**defaults, **point}))) for point in points]
+    return [({**defaults, **point}, rendered_data(text, path, {**defaults, **point})) for point in points]
 
 
 def test_there_are_built_in_files_to_check():
