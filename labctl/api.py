@@ -337,3 +337,48 @@ def _tracefs_check() -> Check:
     if missing:
         return Check("tracefs tracepoints", False, f"missing: {', '.join(missing)}", "TCP states from sampling (ss) and the captures only")
     return Check("tracefs tracepoints", True, ", ".join(t.split("/")[1] for t in TRACEPOINTS))
+
+
+# --- export: the lab for other tools ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ComposeExport:
+    directory: Path
+    files: list[Path]
+    image: str
+    image_state: str  # "present", "built", or "missing" (no engine reachable to check or build it)
+    templates: Path
+
+
+def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, output: Path | None = None,
+                   templates: Path | None = None, engine: Engine | None = None, build: bool = True,
+                   progress: Progress | None = None) -> ComposeExport:
+    """Write the lab as a Compose project (``compose.yaml`` and ``.env``) into ``output``
+    (default ``./<lab>-compose``), from ``compose-templates/`` or the user's ``templates``.
+
+    The node image is the one ``up`` would use; it is built now when missing (``build``).
+    Without a reachable engine the file still comes out, naming the image to build.
+    """
+    from .engine.image import expected_tag
+    from .export import compose
+
+    loaded = load_lab(ref, params)
+    try:
+        engine = engine or default_engine()
+    except UserError:
+        engine = None
+    if engine is None:
+        image, state, in_use = expected_tag(), "missing", {}
+    else:
+        present = getattr(engine, "image_present")()
+        if present or not build:
+            image, state = present or expected_tag(), "present" if present else "missing"
+        else:
+            image, state = engine.ensure_image(progress=progress).tag, "built"
+        in_use = engine.subnets_in_use(exclude_lab=loaded.lab.name)
+    plan = plan_lab(loaded, in_use)
+    context = compose.compose_context(plan, image, description=loaded.lab.description)
+    rendered = compose.render(context, templates)
+    directory = Path(output) if output is not None else Path(f"{loaded.lab.name}-compose")
+    files = compose.write(rendered, directory, context)
+    return ComposeExport(directory, files, image, state, rendered.templates)

@@ -19,6 +19,8 @@ app = typer.Typer(help="Build Docker labs of clients, routers and servers; impai
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 image_app = typer.Typer(help="The node image every lab node runs.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+export_app = typer.Typer(help="A lab for other tools: a Compose project.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 out = Console()
 err = Console(stderr=True)
@@ -306,6 +308,32 @@ def image_build(offline: bool = typer.Option(False, help="Use the offline Debian
         info = api.build_image(offline=offline, rebuild=rebuild, progress=progress)
     state = "built" if info.built else "up to date"
     out.print(f"{info.tag}: {state} (base {info.base}, {info.base_kind})")
+
+
+@export_app.command("compose")
+def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
+                   output: Optional[str] = typer.Option(None, "--output", "-o", help="Directory to write compose.yaml and .env into (default ./LAB-compose)."),
+                   templates: Optional[str] = typer.Option(None, "--templates", help="Your own template directory (compose.yaml.j2 and any other *.j2)."),
+                   build: bool = typer.Option(True, help="Build the node image now if it is missing."),
+                   as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON.")) -> None:
+    """Write a lab as a Compose project that brings up the same lab as `labctl up`.
+
+    Example: labctl export compose teardown -o td && cd td && docker-compose up -d && labctl run teardown
+    """
+    from pathlib import Path
+
+    with progress_shown(not as_json) as progress:
+        result = api.export_compose(lab, api.parse_params(param), output=Path(output) if output else None,
+                                    templates=Path(templates) if templates else None, build=build, progress=progress)
+    if as_json:
+        out.print_json(data={"directory": str(result.directory), "files": [str(f) for f in result.files], "image": result.image,
+                             "image_state": result.image_state, "templates": str(result.templates)})
+        return
+    out.print(f"wrote {escape(str(result.directory / 'compose.yaml'))} (image {result.image}, {result.image_state})", highlight=False)
+    if result.image_state == "missing":
+        err.print(f"[yellow]note:[/yellow] the image {result.image} is not on this engine: build it with `labctl image build` "
+                  "on the machine that runs docker-compose", highlight=False)
+    out.print(f"next: cd {escape(str(result.directory))} && docker-compose up -d", highlight=False)
 
 
 @app.callback(invoke_without_command=True)

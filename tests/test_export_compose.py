@@ -1,0 +1,279 @@
+"""`labctl export compose`: the lab as a Compose project that brings up the lab labctl would.
+
+The unit tests render and read the file; the engine test brings the teardown lab up with
+docker-compose 1.29 (the only Compose on this machine), pings through the router, runs a
+scenario on it with labctl, and takes it down again with docker-compose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labctl.engine.docker_engine import bridge_name
+from labctl.export import compose
+from labctl.loader import load_lab
+from labctl.plan import plan_lab
+from tests.conftest import lab_objects
+from tests.test_cli_conventions import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "labctl-node:0123456789ab"
+
+
+def teardown_context(image: str = IMAGE) -> dict:
+    loaded = load_lab("teardown")
+    return compose.compose_context(plan_lab(loaded, {}), image, description=loaded.lab.description)
+
+
+def rendered_teardown() -> dict:
+    return yaml.safe_load(compose.render(teardown_context()).files["compose.yaml"])
+
+
+# --- the file ----------------------------------------------------------------------------
+
+def test_nodes_carry_the_labels_the_engine_gives_its_own_nodes():
+    plan = plan_lab(load_lab("teardown"), {})
+    services = rendered_teardown()["services"]
+    for node in plan.nodes:
+        service = services[node.name]
+        assert service["labels"] == {"org.labctl.owner": "labctl", "org.labctl.lab": "teardown", "org.labctl.node": node.name,
+                                     "org.labctl.spec": node.spec_hash(IMAGE), "org.labctl.source": plan.source,
+                                     "org.labctl.role": node.role}
+        assert service["container_name"] == node.container
+        assert service["image"] == IMAGE
+        assert service["cap_add"] == ["NET_ADMIN", "NET_RAW"]
+        assert "privileged" not in service
+        assert service["sysctls"] == dict(node.sysctls)
+        assert {k: v["ipv4_address"] for k, v in service["networks"].items()} == {i.link: str(i.address.ip) for i in node.interfaces}
+
+
+def test_networks_are_internal_with_the_plans_subnet_gateway_and_bridge():
+    plan = plan_lab(load_lab("teardown"), {})
+    networks = rendered_teardown()["networks"]
+    for link in plan.links:
+        network = networks[link.name]
+        assert network["name"] == link.network
+        assert network["internal"] is True
+        assert network["ipam"]["config"] == [{"subnet": str(link.subnet), "gateway": str(link.gateway)}]
+        assert network["driver_opts"]["com.docker.network.bridge.name"] == bridge_name(link.network)
+        assert network["labels"]["org.labctl.spec"] == link.spec_hash()
+        assert network["labels"]["org.labctl.link"] == link.name
+
+
+def test_a_node_starts_with_the_agents_own_setup_of_its_plan():
+    plan = plan_lab(load_lab("teardown"), {})
+    client = rendered_teardown()["services"]["client"]
+    shell, flag, script, name, setup = client["command"]
+    assert (shell, flag, name) == ("sh", "-c", "client")
+    assert script.startswith('python3 -m labctl.agent setup "$$1"')  # $$: Compose's literal $
+    assert script.endswith("exec sleep infinity")
+    assert json.loads(setup) == plan.node("client").setup()
+
+
+def test_the_host_firewall_service_runs_the_agents_rule_on_the_host_network_before_the_nodes():
+    services = rendered_teardown()["services"]
+    firewall = services[compose.HOST_FIREWALL_SERVICE]
+    assert firewall["network_mode"] == "host"
+    assert firewall["command"] == ["python3", "-m", "labctl.agent", "host-bridge-accept"]
+    assert firewall["labels"]["org.labctl.lab"] == "__host__"  # never taken for a node of the lab
+    for name in ("client", "router", "server"):
+        assert services[name]["depends_on"] == {compose.HOST_FIREWALL_SERVICE: {"condition": "service_completed_successfully"}}
+
+
+def test_dollars_in_values_reach_the_container_literally():
+    assert compose.quote("a$b") == '"a$$b"'
+    assert yaml.safe_load(compose.quote({"k": ["$x", 1]})) == {"k": ["$$x", 1]}
+
+
+def test_a_node_on_its_own_image_gets_the_agent_mounted(make_lab_file):
+    lab = make_lab_file("""
+nodes:
+  client: {image: "debian:bookworm"}
+  server: {}
+links:
+  - {name: net, endpoints: [client, server]}
+""")
+    loaded = load_lab(lab)
+    context = compose.compose_context(plan_lab(loaded, {}), IMAGE)
+    services = yaml.safe_load(compose.render(context).files["compose.yaml"])["services"]
+    assert services["client"]["image"] == "debian:bookworm"
+    assert services["client"]["volumes"] == ["./labctl-agent:/opt/labctl:ro"]
+    assert "PYTHONPATH=/opt/labctl" in services["client"]["command"][2]
+    assert "volumes" not in services["server"]
+    out = lab.parent / "out"
+    compose.write(compose.render(context), out, context)
+    assert (out / "labctl-agent" / "labctl" / "agent" / "netsetup.py").is_file()
+
+
+@pytest.fixture
+def make_lab_file(tmp_path):
+    def make(body: str) -> Path:
+        path = tmp_path / "lab" / "lab.yaml"
+        path.parent.mkdir()
+        path.write_text("name: own\n" + body)
+        return path
+    return make
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is apt-installed by the README's setup")
+def test_docker_compose_accepts_the_file(tmp_path):
+    # `config` reads and checks the file against Compose's own schema; it needs no engine.
+    context = teardown_context()
+    compose.write(compose.render(context), tmp_path, context)
+    checked = subprocess.run(["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert yaml.safe_load(checked.stdout)["services"]["router"]["sysctls"]["net.ipv4.ip_forward"] == "1"
+    assert (tmp_path / ".env").read_text().splitlines()[-1] == "COMPOSE_PROJECT_NAME=labctl-teardown"
+
+
+# --- templates of one's own ------------------------------------------------------------------
+
+def test_an_undefined_variable_names_the_template_the_line_and_the_variable(tmp_path):
+    templates = tmp_path / "mine"
+    templates.mkdir()
+    (templates / "compose.yaml.j2").write_text("services:\n  x:\n    image: {{ imgae | quote }}\n")
+    result = run_cli("export", "compose", "teardown", "--templates", str(templates), "-o", str(tmp_path / "out"), "--no-build")
+    assert result.returncode == 2, result.stderr
+    assert f"{templates / 'compose.yaml.j2'}:3" in result.stderr
+    assert "'imgae' is undefined" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "compose.yaml").exists()
+
+
+def test_an_undefined_attribute_in_an_included_template_names_that_template(tmp_path):
+    templates = tmp_path / "mine"
+    templates.mkdir()
+    (templates / "compose.yaml.j2").write_text("services:\n{% include 'node.j2' %}\n")
+    (templates / "node.j2").write_text("  x:\n    image: {{ image }}\n    name: {{ lab.nmae }}\n")
+    with pytest.raises(compose.TemplateError) as caught:
+        compose.render(teardown_context(), templates)
+    assert caught.value.location.file == templates / "node.j2"
+    assert caught.value.location.line == 3
+    assert "nmae" in caught.value.message
+
+
+def test_a_syntax_error_names_the_template_and_line(tmp_path):
+    (tmp_path / "compose.yaml.j2").write_text("services:\n  {% for n in nodes %}\n")
+    with pytest.raises(compose.TemplateError) as caught:
+        compose.render(teardown_context(), tmp_path)
+    assert caught.value.location.file == tmp_path / "compose.yaml.j2"
+    assert caught.value.location.line == 3 or caught.value.location.line == 2
+
+
+def test_templates_are_sandboxed(tmp_path):
+    (tmp_path / "compose.yaml.j2").write_text("services: {{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    with pytest.raises(compose.TemplateError) as caught:
+        compose.render(teardown_context(), tmp_path)
+    assert "not allowed" in caught.value.message or "unsafe" in caught.value.message
+
+
+# --- where the built-in templates are ----------------------------------------------------------
+
+def test_a_checkout_reads_the_top_level_templates():
+    assert compose.template_dir() == ROOT / "compose-templates"
+
+
+@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import wheel"], capture_output=True).returncode != 0,
+                    reason="building a wheel needs the 'wheel' package (in the test extras)")
+def test_a_wheel_carries_the_templates_inside_the_package(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "dist").glob("labctl-*.whl")
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    found = subprocess.run([sys.executable, "-c", "from labctl.export.compose import template_dir; print(template_dir())"],
+                           capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == tmp_path / "site" / "labctl" / "compose_templates"
+    assert (Path(found.stdout.strip()) / "compose.yaml.j2").is_file()
+
+
+# --- on the real engine --------------------------------------------------------------------
+
+def _compose(directory: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker-compose", *argv], cwd=directory, capture_output=True, text=True, timeout=300)
+
+
+def _remove_host_rule() -> None:
+    """Take labctl's host rule out, so the test sees the exported service put it back."""
+    from labctl.agent.hostfw import RULE
+
+    for tool in ("iptables-nft", "iptables-legacy"):
+        for chain in ("DOCKER-USER", "FORWARD"):
+            while subprocess.run([tool, "-w", "-C", chain, *RULE], capture_output=True).returncode == 0:
+                subprocess.run([tool, "-w", "-D", chain, *RULE], capture_output=True, check=True)
+
+
+def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        containers = engine.client.containers.list(filters={"label": f"org.labctl.lab={lab}"})
+        health = {c.name: (c.attrs.get("State", {}).get("Health") or {}).get("Status") for c in containers}
+        if len(health) == count and all(h == "healthy" for h in health.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nodes not set up within {timeout} s: {health}")
+        time.sleep(0.5)
+
+
+@pytest.mark.engine
+def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node_image, tmp_path):
+    from labctl.agent import hostfw
+
+    project = tmp_path / "teardown-compose"
+    engine.destroy("teardown")  # as the other teardown tests do: its subnets and names are fixed
+    if not Path("/sys/kernel/tracing/events").is_dir():
+        # `labctl run` relies on tracefs being mounted (as `labctl doctor` does for root).
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True)
+    exported = run_cli("export", "compose", "teardown", "-o", str(project), "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["image"] == node_image
+    _remove_host_rule()
+    try:
+        up = _compose(project, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        _wait_healthy(engine, "teardown", 3)
+
+        # The one-shot service put the host rule back; without it nothing crosses the router.
+        firewall = engine.client.containers.list(all=True, filters={"label": ["com.docker.compose.project=labctl-teardown",
+                                                                              "com.docker.compose.service=labctl-host-firewall"]})
+        logs = " ".join(c.logs().decode() for c in firewall)
+        assert "rule added" in logs, logs
+
+        ping = engine.exec("teardown", "client", ["ping", "-c", "2", "-W", "2", "server"])
+        assert ping.exit_code == 0, ping.stdout + ping.stderr
+        assert "ttl=63" in ping.stdout  # one router between them
+
+        routes = engine.exec("teardown", "client", ["ip", "-j", "route"]).stdout
+        assert all(r["dst"] != "default" for r in json.loads(routes))  # Docker's default route is gone
+        offloads = engine.exec("teardown", "client", ["ethtool", "-k", "left"]).stdout
+        assert "generic-receive-offload: off" in offloads and "tcp-segmentation-offload: off" in offloads
+
+        status = run_cli("status", "teardown", "--json")
+        assert status.returncode == 0, status.stderr
+        [lab] = json.loads(status.stdout)
+        assert {n["name"]: n["status"] for n in lab["nodes"]} == {"client": "running", "router": "running", "server": "running"}
+
+        before = {c.name: c.id for c in engine.client.containers.list(filters={"label": "org.labctl.lab=teardown"})}
+        ran = run_cli("run", "teardown", "-s", "normal-close", "--results", str(tmp_path / "results"), "--json", timeout=300)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+        assert [r["passed"] for r in json.loads(ran.stdout)] == [True]
+        after = {c.name: c.id for c in engine.client.containers.list(filters={"label": "org.labctl.lab=teardown"})}
+        assert after == before  # used as it was: nothing torn down and recreated
+    finally:
+        down = _compose(project, "down")
+        hostfw.ensure()  # whatever happened above, the host keeps its rule for the other labs
+    assert down.returncode == 0, down.stderr
+    assert lab_objects(engine, "teardown") == []
+    assert engine.client.containers.list(all=True, filters={"label": "com.docker.compose.project=labctl-teardown"}) == []
