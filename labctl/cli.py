@@ -76,7 +76,7 @@ def run(lab: str = LAB_ARG,
         outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
     if as_json:
         out.print_json(data=[{"scenario": r.scenario, "run_dir": str(r.path), "status": r.status, "passed": r.passed,
-                              "verdicts": r.verdicts} for r in outcomes])
+                              "verdicts": [v.to_json() for v in r.verdicts]} for r in outcomes])
     else:
         for outcome in outcomes:
             _print_verdicts(outcome)
@@ -92,12 +92,12 @@ def _print_verdicts(outcome) -> None:
     table.add_column("expectation")
     table.add_column("observed")
     for verdict in outcome.verdicts:
-        title = (verdict["name"] + "\n") if verdict.get("name") else ""
-        table.add_row("[green]ok[/green]" if verdict["passed"] else "[red]FAIL[/red]", escape(title + verdict["description"]),
-                      escape(verdict["observed"]))
-        if not verdict["passed"]:
-            for item in verdict["evidence"][:5]:
-                table.add_row("", "", f"[dim]{escape(item.get('summary') or str(item.get('transitions') or item.get('result') or item))[:160]}[/dim]")
+        title = (verdict.name + "\n") if verdict.name else ""
+        table.add_row("[green]ok[/green]" if verdict.passed else "[red]FAIL[/red]", escape(title + verdict.description),
+                      escape(verdict.observed))
+        if not verdict.passed:
+            for item in verdict.evidence[:5]:
+                table.add_row("", "", f"[dim]{escape(item.text)[:160]}[/dim]")
     out.print(table)
 
 

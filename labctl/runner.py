@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .analyze.results import Verdict
 from .analyze.verdicts import judge
 from .engine import Engine
 from .errors import UserError
@@ -46,11 +47,11 @@ class RunResult:
     path: Path
     scenario: str
     status: str  # complete | incomplete
-    verdicts: list[dict]
+    verdicts: list[Verdict]
 
     @property
     def passed(self) -> bool:
-        return self.status == "complete" and all(v["passed"] for v in self.verdicts)
+        return self.status == "complete" and all(v.passed for v in self.verdicts)
 
 
 class ScenarioRun:
@@ -145,7 +146,7 @@ class ScenarioRun:
         self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
         self.rundir.close()
         verdicts = judge(self.rundir.path)
-        self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": verdicts})
+        self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": [v.to_json() for v in verdicts]})
         return RunResult(self.rundir.path, self.one.label, status, verdicts)
 
     def _clean_slate(self) -> None:

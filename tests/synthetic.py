@@ -133,7 +133,7 @@ class Run:
         if judge:
             from labctl.analyze.verdicts import judge as judge_run
 
-            (directory / "verdicts.json").write_text(json.dumps({"schema_version": 1, "verdicts": judge_run(directory)}))
+            (directory / "verdicts.json").write_text(json.dumps({"schema_version": 1, "verdicts": [v.to_json() for v in judge_run(directory)]}))
         return directory
 
 

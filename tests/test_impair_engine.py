@@ -332,7 +332,7 @@ def test_the_routing_loop_scenario_records_its_impairments_and_loop(engine, node
     engine.destroy("teardown-loop")
     try:
         [result] = api.run("teardown-loop", ["routing-loop"], engine=engine, root=tmp_path)
-        failed = [f"{v['description']}: {v['observed']}" for v in result.verdicts if not v["passed"]]
+        failed = [f"{v.description}: {v.observed}" for v in result.verdicts if not v.passed]
         assert result.passed, failed
         events = list(read_jsonl(result.path / "events.jsonl"))
         set_by_scenario = [e for e in events if e["event"] == "impair" and e["why"] == "set by the scenario"]

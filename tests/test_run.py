@@ -37,8 +37,8 @@ def labctl(*argv: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_every_step_kind_does_what_it_says(engine, runlab, tmp_path):
     [result] = api.run(runlab, ["every-step"], engine=engine, root=tmp_path)
-    failed = [v for v in result.verdicts if not v["passed"]]
-    assert result.passed, json.dumps(failed, indent=1, default=str)
+    failed = [v for v in result.verdicts if not v.passed]
+    assert result.passed, json.dumps([v.to_json() for v in failed], indent=1, default=str)
     kinds = {record["kind"] for record in read_jsonl(result.path / "steps.jsonl") if "kind" in record}
     assert kinds >= {"sysctl", "exec", "listen", "connect", "accept", "setsockopt", "rule", "send", "recv", "wait",
                      "unrule", "shutdown", "close", "kill_socket", "sleep"}
@@ -65,7 +65,7 @@ def test_a_rule_drops_exactly_one_packet_in_ten_runs_of_ten(engine, runlab, tmp_
     dropped = []
     for _ in range(10):
         [result] = api.run(runlab, ["drop-one"], engine=engine, root=tmp_path)
-        assert result.passed, [v for v in result.verdicts if not v["passed"]]
+        assert result.passed, [v for v in result.verdicts if not v.passed]
         actions = [r for r in read_jsonl(result.path / "rules.jsonl") if r["action"] == "drop"]
         segments, _ = load_segments(result.path, read_json(result.path / "run.json")["nodes"])
         sent = {s.transmission for s in segments if s.node == "client" and s.length > 0}
@@ -82,7 +82,7 @@ def test_a_held_segment_released_after_a_reconnect_arrives_after_the_new_handsha
     finally:
         engine.destroy("teardown")
     [result] = results  # -p fixes the matrix axis: one run
-    assert result.passed, [v for v in result.verdicts if not v["passed"]]
+    assert result.passed, [v for v in result.verdicts if not v.passed]
     segments, connections = load_segments(result.path, read_json(result.path / "run.json")["nodes"])
     at_server = [s for s in segments if s.node == "server"]
     syns = [s for s in at_server if s.flags == "S"]
@@ -139,7 +139,7 @@ def test_an_interrupted_run_is_incomplete_readable_and_leaves_no_orphans(engine,
     assert [r["kind"] for r in read_jsonl(steps) if "kind" in r] == ["listen", "connect", "accept", "send"]
     assert (steps.parent / "pcaps" / "client-left.pcap").stat().st_size > 24
     verdicts = read_json(steps.parent / "verdicts.json")["verdicts"]
-    assert any(v["kind"] == "run-complete" and not v["passed"] for v in verdicts)
+    assert any(v["kind"] == "run-complete" and not v.passed for v in verdicts)
     # No actor, capture or helper left behind, in the nodes or on the engine.
     for node in ("client", "router", "server"):
         ps = engine.exec("runlab", node, ["ps", "-eo", "args"]).stdout

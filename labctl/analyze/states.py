@@ -38,6 +38,11 @@ class Transition:
     state: str
     source: str  # tracepoint | sample | merged
     timer_ms: int | None = None
+    sources: tuple[str, ...] = ()  # every source that saw this transition
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            self.sources = ("tracepoint", "sample") if self.source == "merged" else (self.source,)
 
 
 @dataclass

@@ -8,11 +8,11 @@ so a failure explains itself ("expected 2 FINs from server, saw 1: ...").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..agent import tcp
 from ..rundir import read_json, read_jsonl
 from ..scenario import Expectation
+from .results import FAIL, PASS, EventRef, SegmentRef, SocketRef, StateMark, StepRef, Verdict
 from .segments import Segment, load_segments
 from .states import SocketTimeline, load_timelines
 
@@ -95,7 +95,12 @@ def describe_match(spec: dict) -> str:
     return " ".join(parts)
 
 
-def _judge_segments(view: RunView, spec: dict) -> dict:
+def _verdict(description: str, passed: bool, expected: str, observed: str, evidence: list, **extra) -> Verdict:
+    """A decided verdict; ``judge`` fills in the index, kind, name and spec."""
+    return Verdict(0, "", description, PASS if passed else FAIL, expected, observed, evidence, **extra)
+
+
+def _judge_segments(view: RunView, spec: dict) -> Verdict:
     seen = segments_seen(view, spec)
     n = len(seen)
     bounds = []
@@ -112,19 +117,23 @@ def _judge_segments(view: RunView, spec: dict) -> dict:
     if not bounds:
         bounds.append("at least 1")
         passed = n >= 1
-    return {"description": f"{' and '.join(bounds)} {describe_match(spec)}", "passed": passed,
-            "expected": " and ".join(bounds), "observed": f"{n} seen", "evidence": _segment_evidence(seen)}
+    return _verdict(f"{' and '.join(bounds)} {describe_match(spec)}", passed, " and ".join(bounds), f"{n} seen",
+                    _segment_evidence(seen), details={"count": n})
 
 
-def _judge_no_segments(view: RunView, spec: dict) -> dict:
+def _judge_no_segments(view: RunView, spec: dict) -> Verdict:
     seen = segments_seen(view, spec)
-    return {"description": f"no {describe_match(spec)}", "passed": not seen, "expected": "none",
-            "observed": f"{len(seen)} seen", "evidence": _segment_evidence(seen)}
+    return _verdict(f"no {describe_match(spec)}", not seen, "none", f"{len(seen)} seen", _segment_evidence(seen),
+                    details={"count": len(seen)})
 
 
-def _segment_evidence(seen: list[Segment]) -> list[dict]:
-    return [{"kind": "segment", "t": s.t, "at": f"{s.node}/{s.iface}", "transmission": s.transmission, "summary": s.summary()}
-            for s in seen[:EVIDENCE_LIMIT]]
+def _segment_evidence(seen: list[Segment]) -> list[SegmentRef]:
+    return [SegmentRef(s.transmission, f"{s.node}/{s.iface}", s.t, s.summary()) for s in seen[:EVIDENCE_LIMIT]]
+
+
+def socket_ref(timeline: SocketTimeline) -> SocketRef:
+    return SocketRef(timeline.node, timeline.local, timeline.remote,
+                     tuple(StateMark(t.t, t.state, t.sources, t.timer_ms) for t in timeline.transitions))
 
 
 def _sockets(view: RunView, spec: dict) -> list[SocketTimeline]:
@@ -142,7 +151,7 @@ def _contains_in_order(states: list[str], wanted: list[str]) -> bool:
     return position == len(wanted)
 
 
-def _judge_states(view: RunView, spec: dict) -> dict:
+def _judge_states(view: RunView, spec: dict) -> Verdict:
     sockets = _sockets(view, spec)
     checks: list[str] = []
     satisfying: list[SocketTimeline] = []
@@ -190,17 +199,14 @@ def _judge_states(view: RunView, spec: dict) -> dict:
     # `never` must hold for every socket; the other checks for at least one.
     passed = (len(satisfying) == len(sockets) and bool(sockets)) if spec.get("never") and not (spec.get("sequence") or spec.get("final") or spec.get("held")) else bool(satisfying)
     observed = "; ".join(f"{tl.local}->{tl.remote}: {' -> '.join(tl.states)}" for tl in sockets[:6]) or "no matching socket"
-    evidence = [{"kind": "states", "socket": f"{tl.local}->{tl.remote}", "node": tl.node,
-                 "transitions": [{"t": t.t, "state": t.state, "source": t.source, "timer_ms": t.timer_ms} for t in tl.transitions]}
-                for tl in (satisfying or sockets)[:EVIDENCE_LIMIT]]
-    return {"description": f"{which} " + ", ".join(checks), "passed": passed, "expected": ", ".join(checks),
-            "observed": observed, "evidence": evidence}
+    evidence = [socket_ref(tl) for tl in (satisfying or sockets)[:EVIDENCE_LIMIT]]
+    return _verdict(f"{which} " + ", ".join(checks), passed, ", ".join(checks), observed, evidence)
 
 
-def _judge_step(view: RunView, spec: dict) -> dict:
+def _judge_step(view: RunView, spec: dict) -> Verdict:
     record = view.step(spec["step"])
     if record is None:
-        return {"description": f"step {spec['step']}", "passed": False, "expected": "the step ran", "observed": "it never ran", "evidence": []}
+        return _verdict(f"step {spec['step']}", False, "the step ran", "it never ran", [])
     checks, passed = [], True
     if spec.get("ok") is not None:
         checks.append("succeeds" if spec["ok"] else "fails")
@@ -227,16 +233,16 @@ def _judge_step(view: RunView, spec: dict) -> dict:
         observed += f", returned {result['returned']}"
     if took is not None:
         observed += f", took {took:.3f} s"
-    return {"description": f"step {spec['step']} ({record.get('kind')}) " + ", ".join(checks), "passed": passed,
-            "expected": ", ".join(checks), "observed": observed, "evidence": [_step_evidence(record)]}
+    return _verdict(f"step {spec['step']} ({record.get('kind')}) " + ", ".join(checks), passed, ", ".join(checks), observed,
+                    [_step_evidence(record)], details={"took": took})
 
 
-def _step_evidence(record: dict) -> dict:
-    return {"kind": "step", "index": record.get("index"), "t": record.get("t_start"), "node": record.get("node"),
-            "step": record.get("kind"), "ok": record.get("ok"), "errno": record.get("errno"), "result": record.get("result")}
+def _step_evidence(record: dict) -> StepRef:
+    return StepRef(record.get("index"), record.get("node"), record.get("kind"), record.get("t_start"), record.get("ok"),
+                   record.get("errno"), record.get("result"), record.get("as"))
 
 
-def _judge_data(view: RunView, spec: dict) -> dict:
+def _judge_data(view: RunView, spec: dict) -> Verdict:
     record = view.step(spec["step"])
     result = (record or {}).get("result") or {}
     data = result.get("data", result.get("stdout"))  # what a recv got, or what a command printed
@@ -250,19 +256,17 @@ def _judge_data(view: RunView, spec: dict) -> dict:
     if spec.get("not_contains") is not None:
         checks.append(f"does not contain {spec['not_contains']!r}")
         passed &= data is not None and spec["not_contains"] not in data
-    return {"description": f"data received by {spec['step']} " + ", ".join(checks), "passed": bool(passed),
-            "expected": ", ".join(checks), "observed": repr(data) if data is not None else "nothing received",
-            "evidence": [_step_evidence(record)] if record else []}
+    return _verdict(f"data received by {spec['step']} " + ", ".join(checks), bool(passed), ", ".join(checks),
+                    repr(data) if data is not None else "nothing received", [_step_evidence(record)] if record else [])
 
 
-def _judge_events(view: RunView, spec: dict) -> dict:
+def _judge_events(view: RunView, spec: dict) -> Verdict:
     events = [e for e in read_jsonl(view.dir / "events.jsonl")
               if e.get("event") == spec["event"] and (spec.get("node") is None or e.get("node") == spec["node"])]
     where = f" on {spec['node']}" if spec.get("node") else ""
     if not view.run.get("observers", {}).get("tracepoints"):
-        return {"description": f"{spec['event']} events{where}", "passed": False, "expected": "tracepoint events",
-                "observed": "tracepoints were not available on this host: " + str(view.run.get("observers", {}).get("tracepoints_unavailable")),
-                "evidence": []}
+        return _verdict(f"{spec['event']} events{where}", False, "tracepoint events",
+                        "tracepoints were not available on this host: " + str(view.run.get("observers", {}).get("tracepoints_unavailable")), [])
     n, bounds, passed = len(events), [], True
     for key, word, test in (("count", "exactly", lambda a, b: a == b), ("min", "at least", lambda a, b: a >= b), ("max", "at most", lambda a, b: a <= b)):
         if spec.get(key) is not None:
@@ -270,20 +274,19 @@ def _judge_events(view: RunView, spec: dict) -> dict:
             passed &= test(n, spec[key])
     if not bounds:
         bounds, passed = ["at least 1"], n >= 1
-    return {"description": f"{' and '.join(bounds)} {spec['event']} events{where}", "passed": passed,
-            "expected": " and ".join(bounds), "observed": f"{n} seen",
-            "evidence": [{"kind": "event", "t": e["t"], "node": e.get("node"), "summary": f"{e['event']} {e['local']} -> {e['remote']} {e.get('state', '')}"}
-                         for e in events[:EVIDENCE_LIMIT]]}
+    return _verdict(f"{' and '.join(bounds)} {spec['event']} events{where}", passed, " and ".join(bounds), f"{n} seen",
+                    [EventRef(e["t"], e.get("node"), e["event"], f"{e['event']} {e['local']} -> {e['remote']} {e.get('state', '')}".strip())
+                     for e in events[:EVIDENCE_LIMIT]], details={"count": n})
 
 
 JUDGES = {"events": _judge_events, "segments": _judge_segments, "no_segments": _judge_no_segments, "states": _judge_states,
           "step": _judge_step, "data": _judge_data}
 
 
-def judge(run_dir: Path, view: RunView | None = None) -> list[dict]:
+def judge(run_dir: Path, view: RunView | None = None) -> list[Verdict]:
     """``view``: the run directory already loaded (a report loads it once for everything)."""
     view = view or RunView(run_dir)
-    verdicts: list[dict] = []
+    verdicts: list[Verdict] = []
     covered: set[str] = set()
     for index, written in enumerate(view.run.get("expect", [])):
         # run.json keeps what the author wrote (55s, 5%); read it back into numbers.
@@ -291,19 +294,19 @@ def judge(run_dir: Path, view: RunView | None = None) -> list[dict]:
         kind = next(k for k in JUDGES if k in expectation)
         spec = expectation[kind]
         verdict = JUDGES[kind](view, spec)
-        verdict.update(index=index, kind=kind, name=expectation.get("name"), spec=spec)
+        verdict.index, verdict.kind, verdict.name, verdict.spec = index, kind, expectation.get("name"), spec
         verdicts.append(verdict)
         if kind in ("step", "data"):
             covered.add(spec["step"])
     # A step that failed with no expectation about it is a failure of the run itself.
     for record in view.steps:
         if not record.get("ok") and record.get("as") not in covered:
-            verdicts.append({"index": len(verdicts), "kind": "step-ran", "name": None, "spec": {"step": record.get("index")},
-                             "description": f"step {record['index'] + 1} ({record['kind']}" + (f" on {record['node']}" if record.get("node") else "") + ") succeeds",
-                             "passed": False, "expected": "success (or an expectation about its failure)",
-                             "observed": f"{record.get('errno') or ''} {record.get('error') or ''}".strip(),
-                             "evidence": [_step_evidence(record)]})
+            where = f" on {record['node']}" if record.get("node") else ""
+            verdicts.append(Verdict(len(verdicts), "step-ran", f"step {record['index'] + 1} ({record['kind']}{where}) succeeds", FAIL,
+                                    "success (or an expectation about its failure)",
+                                    f"{record.get('errno') or ''} {record.get('error') or ''}".strip(), [_step_evidence(record)],
+                                    spec={"step": record.get("index")}))
     if view.run.get("status") != "complete":
-        verdicts.append({"index": len(verdicts), "kind": "run-complete", "name": None, "spec": {}, "description": "the run completed",
-                         "passed": False, "expected": "complete", "observed": view.run.get("reason") or view.run.get("status"), "evidence": []})
+        verdicts.append(Verdict(len(verdicts), "run-complete", "the run completed", FAIL, "complete",
+                                str(view.run.get("reason") or view.run.get("status")), []))
     return verdicts

@@ -21,6 +21,7 @@ from ..analyze.states import SocketTimeline
 from ..analyze import timeline as timelines
 from ..analyze.timeline import Timeline, Transmission, label, step_call, step_outcome
 from ..analyze.timeline import marks as segment_marks
+from ..analyze.results import PASS, UNDECIDED, SegmentRef, SocketRef, StepRef, Verdict
 from ..analyze.verdicts import RunView
 from ..errors import UserError
 from ..rundir import read_json
@@ -152,6 +153,7 @@ class Evidence:
     kind: str
     ref: str | None  # an id of a segment, socket or step in this report
     text: str
+    data: dict = field(default_factory=dict)  # the structured reference, as verdicts.json holds it
 
 
 @dataclass
@@ -160,10 +162,20 @@ class VerdictRow:
     kind: str
     name: str | None
     description: str
-    passed: bool
+    outcome: str  # pass | fail | undecided
     expected: str
     observed: str
     evidence: list[Evidence]
+    reason: str | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == PASS
+
+    @property
+    def undecided(self) -> bool:
+        return self.outcome == UNDECIDED
 
 
 @dataclass
@@ -401,45 +413,36 @@ def _verdicts(run_dir: Path, view: RunView, timeline: Timeline, sockets: list[So
     path = run_dir / "verdicts.json"
     if path.exists():
         recorded = read_json(path)
-        verdicts = recorded.get("verdicts", []) if isinstance(recorded, dict) else recorded
+        written = recorded.get("verdicts", []) if isinstance(recorded, dict) else recorded
+        verdicts = [Verdict.from_json(v, i) for i, v in enumerate(written)]
     else:
         from ..analyze.verdicts import judge
 
         verdicts = judge(run_dir, view)
-    sighting: dict[tuple[str, float], str] = {}
-    for tx in timeline.transmissions:
-        for s in tx.sightings:
-            sighting[(f"{s.node}/{s.iface}", round(s.t, 6))] = f"s{tx.number}"
+    numbers = {tx.number for tx in timeline.transmissions}
     t0 = timeline.t0
     result = []
-    for i, verdict in enumerate(verdicts):
+    for verdict in verdicts:
         evidence = []
-        for item in verdict.get("evidence") or []:
-            kind = item.get("kind") or "?"
-            ref, text = None, item.get("summary") or ""
-            if kind == "segment":
-                ref = sighting.get((item.get("at"), round(float(item.get("t") or 0), 6)))
-                text = text or f"transmission {item.get('transmission')}"
-            elif kind == "states":
-                candidates = [k for k in sockets if k.node == item.get("node") and f"{k.local}->{k.remote}" == item.get("socket")]
-                first = (item.get("transitions") or [{}])[0].get("t")
-                if candidates and first is not None:
-                    ref = min(candidates, key=lambda k: abs((k.bands[0].start if k.bands else 0) - (first - t0))).id
+        for item in verdict.evidence:
+            ref = None
+            if isinstance(item, SegmentRef):
+                ref = f"s{item.transmission}" if item.transmission in numbers else None
+            elif isinstance(item, SocketRef):
+                candidates = [k for k in sockets if (k.node, k.local, k.remote) == (item.node, item.local, item.remote)]
+                if candidates and item.since is not None:
+                    ref = min(candidates, key=lambda k: abs((k.bands[0].start if k.bands else 0) - (item.since - t0))).id
                 elif candidates:
                     ref = candidates[0].id
-                states = " > ".join(t.get("state", "?") for t in item.get("transitions") or [])
-                text = f"{item.get('node')} {item.get('socket')}: {states}"
-            elif kind == "step":
-                index = item.get("index")
-                ref = f"step{index + 1}" if isinstance(index, int) else None
+            elif isinstance(item, StepRef) and item.index is not None:
+                ref = f"step{item.index + 1}"
+            text = item.summary if isinstance(item, SegmentRef) else item.text
+            if isinstance(item, StepRef):
                 step = next((s for s in steps if s.id == ref), None)
-                text = f"step {index + 1 if isinstance(index, int) else '?'}" + (f" {step.call} {step.outcome}" if step else "")
-            else:
-                text = text or ", ".join(f"{k}={v}" for k, v in item.items() if k not in ("kind",) and not isinstance(v, (list, dict)))
-            evidence.append(Evidence(kind, ref, text))
-        result.append(VerdictRow(int(verdict.get("index", i)), str(verdict.get("kind") or "?"), verdict.get("name"),
-                                 str(verdict.get("description") or ""), bool(verdict.get("passed")), str(verdict.get("expected") or ""),
-                                 str(verdict.get("observed") or ""), evidence))
+                text = f"step {'?' if item.index is None else item.index + 1}" + (f" {step.call} {step.outcome}" if step else "")
+            evidence.append(Evidence(item.kind, ref, text, item.to_json()))
+        result.append(VerdictRow(verdict.index, verdict.kind, verdict.name, verdict.description, verdict.outcome, verdict.expected,
+                                 verdict.observed, evidence, verdict.reason, verdict.details))
     return result
 
 
