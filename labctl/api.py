@@ -82,8 +82,12 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     from .loader import load_scenarios
     from .runner import ScenarioRun
 
+    from .environment import check_results_dir
+    from .rundir import results_root
+
     loaded = load_lab(ref, params)
     chosen = load_scenarios(loaded, scenarios, params)
+    check_results_dir(root or results_root())  # before the lab is touched
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
     plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
@@ -94,6 +98,25 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
             progress(f"running {one.label}")
         results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
     return results
+
+
+def validate(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str] | None = None) -> dict:
+    """Load a lab and every scenario of it (each matrix point), as `up` and `run` would, without an engine.
+
+    Raises ``UserError`` at the first problem; returns what was checked.
+    """
+    from .loader import load_scenarios, scenario_files
+
+    loaded = load_lab(ref, params)
+    chosen: list = []
+    if scenarios or (loaded.path is not None and scenario_files(loaded.path)):
+        chosen = load_scenarios(loaded, scenarios, params)
+    files: dict[str, dict] = {}
+    for one in chosen:
+        entry = files.setdefault(str(one.source.file), {"scenario": one.scenario.name, "file": str(one.source.file), "runs": 0})
+        entry["runs"] += 1
+    return {"lab": loaded.lab.name, "path": str(loaded.path or ""), "nodes": len(loaded.lab.nodes), "links": len(loaded.lab.links),
+            "scenarios": list(files.values())}
 
 
 def lab_name(ref: str | Path, params: Mapping[str, str] | None = None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
@@ -12,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, api
+from . import __version__, api, environment
 from .errors import UserError
 
 app = typer.Typer(help="Build Docker labs of clients, routers and servers; impair links; run TCP scenarios; collect evidence.",
@@ -336,14 +338,62 @@ def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
     out.print(f"next: cd {escape(str(result.directory))} && docker-compose up -d", highlight=False)
 
 
+@app.command()
+def validate(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
+             scenario: List[str] = typer.Option([], "--scenario", "-s", help="Only this scenario (repeatable); all when omitted."),
+             as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Check a lab file and every scenario of it (each matrix point), without Docker: exit 0 when valid, 2 otherwise.
+
+    Example: labctl validate labs/teardown
+    """
+    result = api.validate(lab, scenario, api.parse_params(param))
+    if as_json:
+        out.print_json(data=result)
+        return
+    runs = sum(s["runs"] for s in result["scenarios"])
+    out.print(f"{escape(result['path'])}: lab [bold]{result['lab']}[/bold] is valid ({result['nodes']} nodes, {result['links']} links); "
+              f"{len(result['scenarios'])} scenario file(s), {runs} run(s), all valid", highlight=False, soft_wrap=True)
+
+
+# Commands that talk to the engine, and those that plan subnets: their environment is checked first.
+ENGINE_COMMANDS = {"up", "run", "down", "status", "impair", "loop", "exec", "shell", "doctor", "image", "export"}
+POOL_COMMANDS = {"up", "run", "impair", "loop", "export"}
+
+
 @app.callback(invoke_without_command=True)
-def _root(version: bool = typer.Option(False, "--version", help="Print the version.")) -> None:
+def _root(ctx: typer.Context, version: bool = typer.Option(False, "--version", help="Print the version.")) -> None:
     if version:
         out.print(f"labctl {__version__}")
         raise typer.Exit()
+    command = ctx.invoked_subcommand
+    if command in ENGINE_COMMANDS:
+        environment.check_docker_host()
+    if command in POOL_COMMANDS:
+        environment.check_subnet_pool()
+
+
+def _usage_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes, wherever this Typer keeps them: Typer 0.29 carries
+    its own copy (typer._click) and no longer installs click; older ones use click itself."""
+    usage: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(module, "ClickException", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(module, "Abort", None),) if isinstance(c, type)]
+    return tuple(usage), tuple(aborts)
+
+
+def _fail(message: str, hint: str | None = None, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}" + (f"\n  hint: {escape(hint)}" if hint else ""), highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def main() -> None:
+    usage, aborts = _usage_errors()
     try:
         # Without standalone mode click returns the exit status instead of exiting.
         code = app(standalone_mode=False)
@@ -358,14 +408,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`labctl schema | head`): nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno in environment.USER_ERRNOS:
+            _fail(environment.describe_os_error(exc))
         raise
+    except aborts:
+        err.print("interrupted")
+        sys.exit(130)
+    except usage as exc:  # a mistyped command or option
+        context = getattr(exc, "ctx", None)
+        path = context.command_path if context is not None else "labctl"
+        if not exc.format_message().strip():
+            sys.exit(2)  # a group given no command: its help was shown, that is the message
+        _fail(exc.format_message(), hint=f"{path} --help lists what it takes")
 
 
 if __name__ == "__main__":
