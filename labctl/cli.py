@@ -131,6 +131,70 @@ def report(runs: Optional[List[str]] = typer.Argument(None, help="A run director
 
 
 @app.command()
+def sweep(lab: str = LAB_ARG,
+          scenario: Optional[str] = typer.Argument(None, help="The scenario every run plays (or `scenario:` in the sweep file)."),
+          param: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUES: a range 0..30:5% (ends included, a unit on any part), "
+                                                                    "a list 10ms,50ms, or one value (fixed). Repeatable."),
+          repeat: Optional[int] = typer.Option(None, "--repeat", "-r", help="Runs per combination (default 1)."),
+          parallel: Optional[int] = typer.Option(None, "--parallel", "-j", help="Runs at once, each on its own lab instance (where supported)."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="The sweep directory; run the same sweep into it again to resume. "
+                                                                           "Default: results/sweeps/LAB-SCENARIO-<grid hash>."),
+          metric: Optional[str] = typer.Option(None, "--metric", "-m", help="What the chart shows beside the pass rate: transfer_time (default), "
+                                                                           "retransmissions, fin_retransmission_delay, time_wait, duration, segments, step:NAME."),
+          file: Optional[str] = typer.Option(None, "--file", "-f", help="A sweep file (a `sweep:` block): a path, or NAME for the lab's sweeps/NAME.yaml."),
+          seed: Optional[int] = typer.Option(None, help="The sweep's seed (each run's is derived from it; default: random, kept in sweep.json)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit.")) -> None:
+    """Run a scenario at every combination of parameters, repeated; one run directory each, then a summary (CSV, Markdown, chart).
+
+    Exit status: 0 when every run finished (failed verdicts are results: see the summary), 2 on a usage or environment error,
+    130 when interrupted (run the same command again to resume).
+    """
+    import hashlib
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import sweep as sweeps
+    from .rundir import results_root
+
+    spec = sweeps.make_spec(lab, scenario, [sweeps.parse_axis(p) for p in param], repeat=repeat, metric_name=metric, seed=seed,
+                            parallel=parallel, file=file)
+    if dry_run:
+        for task in sweeps.expand(spec, spec.seed or 0):
+            out.print(f"{task.id}  " + " ".join(f"{k}={v}" for k, v in task.params.items() if k != "seed"), highlight=False)
+        out.print(f"{spec.size} run(s)")
+        return
+    grid = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    target = Path(output) if output else results_root() / "sweeps" / f"{Path(spec.lab).name}-{spec.scenario}-{grid}"
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    bar_task = bar.add_task("sweep", total=spec.size)
+
+    def show(event) -> None:
+        if event.kind == "plan":
+            bar.update(bar_task, total=event.total, completed=event.finished)
+            err.print(f"sweep {escape(str(target))}: {event.total} run(s); {event.message}", highlight=False)
+        elif event.kind == "note":
+            err.print(f"[yellow]note:[/yellow] {escape(event.message)}", highlight=False)
+        elif event.kind == "start":
+            bar.update(bar_task, description=escape(event.task.id))
+        elif event.kind == "done":
+            bar.update(bar_task, completed=event.finished)
+            verdict = sweeps.run_outcome(event.result.verdicts)
+            line = f"{event.finished}/{event.total} {event.task.id}: {verdict} ({event.result.status}, {event.result.seconds:.1f} s)"
+            err.print(f"[dim]· {escape(line)}[/dim]", highlight=False)
+
+    try:
+        with bar:
+            result = sweeps.run(spec, target, parallel=parallel, on_event=show)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: run the same command again (-o {escape(str(target))}) to resume; finished runs are kept")
+        raise typer.Exit(130)
+    sys.stdout.write(sweeps.render(target, "term", color=out.is_terminal, width=out.width if out.is_terminal else None))
+    err.print(f"sweep directory: {escape(str(result.dir))}", highlight=False)
+
+
+@app.command()
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
          param: List[str] = PARAM_OPT) -> None:

@@ -27,6 +27,11 @@ def render(refs: Sequence[str | Path] = (), fmt: str = "term", *, root: Path | N
 
     if fmt not in FORMATS:
         raise UserError(f"unknown report format '{fmt}'", hint=f"use one of: {', '.join(FORMATS)}")
+    if len(refs) == 1 and (Path(refs[0]) / "sweep.json").is_file():
+        # A sweep directory: its summary, redrawn from its run directories (labctl.sweep).
+        from ..sweep.summary import render as render_sweep
+
+        return render_sweep(refs[0], fmt, color=color, width=width)
     if len(refs) > 2:
         raise UserError("give one run (or lab) to report on, or two to compare")
     runs = [resolve_run(ref, root) for ref in refs] or [resolve_run(None, root)]
