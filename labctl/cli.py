@@ -178,6 +178,8 @@ def sweep(lab: str = LAB_ARG,
             err.print(f"[yellow]note:[/yellow] {escape(event.message)}", highlight=False)
         elif event.kind == "start":
             bar.update(bar_task, description=escape(event.task.id))
+        elif event.kind == "progress":
+            bar.update(bar_task, description=escape(f"{event.task.id}: {event.message}"[:60]))
         elif event.kind == "done":
             bar.update(bar_task, completed=event.finished)
             verdict = sweeps.run_outcome(event.result.verdicts)

@@ -42,7 +42,7 @@ INTERRUPTED_DIR = "interrupted"
 class Event:
     """What a sweep tells whoever shows its progress."""
 
-    kind: str  # plan | note | start | done | summary
+    kind: str  # plan | note | start | progress (a step of a run) | done | summary
     total: int
     finished: int  # tasks finished so far (including those from earlier sessions)
     task: Task | None = None
@@ -63,8 +63,10 @@ class SweepResult:
     summary: Summary | None
 
 
-def machine(engine=None) -> dict:
+def machine(engine=None, *, ask_engine: bool = True) -> dict:
     try:
+        if not ask_engine:
+            raise RuntimeError("not asked: the tasks run elsewhere")
         if engine is None:
             from ..engine import default_engine
 
@@ -91,7 +93,8 @@ def validate(spec: SweepSpec) -> None:
                             hint=f"sweep its matrix as parameters instead, e.g. --param {next(iter(scenarios[0].point))}=...")
 
 
-def prepare(spec: SweepSpec, sweep_dir: Path, *, engine=None, parallel: int | None = None) -> tuple[dict, list[Task]]:
+def prepare(spec: SweepSpec, sweep_dir: Path, *, engine=None, parallel: int | None = None,
+            ask_engine: bool = True) -> tuple[dict, list[Task]]:
     """Write (or, resuming, check and extend) sweep.json; returns it and the sweep's tasks."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_FILE
@@ -111,7 +114,7 @@ def prepare(spec: SweepSpec, sweep_dir: Path, *, engine=None, parallel: int | No
         seed = secrets.randbits(32)
     all_tasks = make_tasks(spec, seed)
     record = existing or {"schema_version": SCHEMA_VERSION, "kind": "labctl-sweep", "created": time.time(), "sessions": []}
-    record.update(labctl_version=__version__, machine=machine(engine),
+    record.update(labctl_version=__version__, machine=machine(engine, ask_engine=ask_engine),
                   spec={**spec.to_json(), "seed": seed, "parallel": parallel or spec.parallel},
                   tasks=[t.to_json() for t in all_tasks])
     write_json(path, record)
@@ -147,7 +150,7 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
     parallel = parallel or spec.parallel
     if execute is run_task:
         validate(spec)
-    record, all_tasks = prepare(spec, sweep_dir, engine=engine, parallel=parallel)
+    record, all_tasks = prepare(spec, sweep_dir, engine=engine, parallel=parallel, ask_engine=execute is run_task)
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
     moved = set_aside(sweep_dir, all_tasks)
     todo = [t for t in all_tasks if not finished(sweep_dir / RUNS_DIR / t.id)]
@@ -166,11 +169,13 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
         if workers == 1:
             for task in todo:
                 tell(Event("start", len(all_tasks), skipped + len(ran), task))
-                result = execute(task, sweep_dir / RUNS_DIR / task.id, engine=engine)
+                result = execute(task, sweep_dir / RUNS_DIR / task.id, engine=engine,
+                                 progress=lambda message, task=task: tell(Event("progress", len(all_tasks), skipped + len(ran), task, message=message)))
                 ran.append(result)
                 tell(Event("done", len(all_tasks), skipped + len(ran), task, result))
         else:
-            _run_parallel(todo, sweep_dir, workers, engine, execute, ran, lambda k, t, r: tell(Event(k, len(all_tasks), skipped + len(ran), t, r)))
+            _run_parallel(todo, sweep_dir, workers, engine, execute, ran,
+                          lambda kind, t, r, message="": tell(Event(kind, len(all_tasks), skipped + len(ran), t, r, message)))
         session["result"] = "done"
     except KeyboardInterrupt:
         session["result"] = "interrupted"
@@ -195,7 +200,7 @@ def _workers(parallel: int, execute: Execute) -> tuple[int, str]:
 
 
 def _run_parallel(todo: list[Task], sweep_dir: Path, workers: int, engine, execute: Execute, ran: list[TaskResult],
-                  tell: Callable[[str, Task, TaskResult | None], None]) -> None:
+                  tell: Callable[..., None]) -> None:
     """Each worker owns one lab instance (sw1, sw2, ...) for the whole sweep, so no two runs share one."""
     instances: SimpleQueue = SimpleQueue()
     for k in range(1, workers + 1):
@@ -208,7 +213,8 @@ def _run_parallel(todo: list[Task], sweep_dir: Path, workers: int, engine, execu
             placed = task.on(instance)
             with lock:
                 tell("start", placed, None)
-            return execute(placed, sweep_dir / RUNS_DIR / task.id, engine=engine)
+            return execute(placed, sweep_dir / RUNS_DIR / task.id, engine=engine,
+                           progress=lambda message: tell("progress", placed, None, message))
         finally:
             instances.put(instance)
 

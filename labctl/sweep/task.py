@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..errors import EngineError
 from ..rundir import read_json, write_json
 
 TASK_FILE = "task.json"  # the task a run directory answers, written into it by run_task
 STAGING_PREFIX = ".staging-"
+ENGINE_ATTEMPTS = 2  # an engine error before the run started is tried once more
 Progress = Callable[[str], None]
 
 
@@ -110,18 +112,32 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
         if not engine_supports_instances():
             raise RuntimeError(f"task {task.id} names instance '{task.instance}', but this labctl cannot run lab instances yet")
         kwargs["instance"] = task.instance
-    interrupted = False
-    try:
-        outcomes = api.run(task.lab, [task.scenario], dict(task.params), **kwargs)
-    except KeyboardInterrupt:
-        interrupted, outcomes = True, []
-    except Exception:
-        # The runner marks a run cut short by an engine error incomplete and re-raises: that run
-        # directory is a result (a failed run), not a reason to stop the sweep. No run directory
-        # (the lab did not come up): the error is the sweep's.
-        if _made(staging) is None:
-            raise
-        outcomes = []
+    interrupted, retried = False, None
+    for attempt in range(1, ENGINE_ATTEMPTS + 1):
+        try:
+            outcomes = api.run(task.lab, [task.scenario], dict(task.params), **kwargs)
+        except KeyboardInterrupt:
+            interrupted, outcomes = True, []
+        except EngineError as exc:
+            # Before the run directory exists (bringing the lab in line, its impairments): one
+            # engine hiccup in hundreds of runs should not end the sweep; a second one does.
+            if _made(staging) is None and attempt < ENGINE_ATTEMPTS:
+                retried = str(exc)
+                if progress:
+                    progress(f"task {task.id}: {exc}; trying once more")
+                time.sleep(1.0)
+                continue
+            if _made(staging) is None:
+                raise
+            outcomes = []
+        except Exception:
+            # The runner marks a run cut short by an engine error incomplete and re-raises: that run
+            # directory is a result (a failed run), not a reason to stop the sweep. No run directory
+            # (the lab did not come up): the error is the sweep's.
+            if _made(staging) is None:
+                raise
+            outcomes = []
+        break
     made = outcomes[0].path if outcomes else _made(staging)
     if made is None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -133,7 +149,8 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
                            "sweep its matrix axes as parameters instead")
     os.replace(made, run_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    write_json(run_dir / TASK_FILE, {**task.to_json(), "run_id": made.name, "ran_seconds": round(time.monotonic() - started, 3)})
+    write_json(run_dir / TASK_FILE, {**task.to_json(), "run_id": made.name, "ran_seconds": round(time.monotonic() - started, 3),
+                                     **({"retried_after": retried} if retried else {})})
     run = read_json(run_dir / "run.json")
     verdicts = outcomes[0].verdicts if outcomes else _verdicts(run_dir)
     result = TaskResult(task, run_dir, run.get("status", "incomplete"), run.get("reason"), time.monotonic() - started, verdicts)
