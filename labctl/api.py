@@ -128,8 +128,9 @@ def lab_name(ref: str | Path, params: Mapping[str, str] | None = None) -> str:
 
 def down(ref: str | Path | None, *, engine: Engine | None = None, params: Mapping[str, str] | None = None) -> list[str]:
     """Remove a lab's objects (every labctl object when ``ref`` is None)."""
+    name = None if ref is None else lab_name(ref, params)  # a bad lab file is refused before the engine is reached
     engine = engine or default_engine()
-    return engine.destroy(None if ref is None else lab_name(ref, params))
+    return engine.destroy(name)
 
 
 @dataclass

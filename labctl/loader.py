@@ -243,11 +243,11 @@ class _Builder:
         self.lines[here] = line
         self.records.append((here, line))
 
-    def count(self, n: int, event: Any) -> None:
+    def count(self, n: int, event: Any, here: FieldPath) -> None:
         self.values += n
         if self.values > MAX_VALUES:
-            raise self.fail(f"the document has more than {MAX_VALUES:,} values (counting what aliases repeat)", event,
-                            hint="an alias bomb? write the values out, or split the lab")
+            raise self.fail(f"the document has more than {MAX_VALUES:,} values (counting what aliases repeat)", event, here[:3],
+                            hint="an alias bomb? write the values out, or split the file")
 
     def build(self, loader: yaml.SafeLoader) -> Any:
         stack: list[_Open] = []
@@ -275,13 +275,13 @@ class _Builder:
                 if isinstance(event, yaml.AliasEvent):
                     value = self.alias(event, here)
                 elif isinstance(event, yaml.ScalarEvent):
-                    self.count(1, event)
+                    self.count(1, event, here)
                     self.mark(here, event.start_mark.line + 1)
                     value = self.scalar(event, here)
                     if event.anchor:
                         self.anchors[event.anchor] = (value, here, [(here, event.start_mark.line + 1)], 1)
                 else:  # a mapping or a list starts
-                    self.count(1, event)
+                    self.count(1, event, here)
                     if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
                         raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, here)
                     if len(stack) >= MAX_DEPTH:
@@ -362,7 +362,7 @@ class _Builder:
         if self.aliases > MAX_ALIASES:
             raise self.fail(f"more than {MAX_ALIASES:,} aliases", event, here)
         value, origin, records, size = self.anchors[name]
-        self.count(size, event)
+        self.count(size, event, here)
         for path, line in records:
             self.mark((*here, *path[len(origin):]), line)
         return value
@@ -400,7 +400,7 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
     elif kind == "missing":
         message = f"required key '{loc[-1]}' is missing"
     elif kind == "string_pattern_mismatch":
-        message = f"{shown(err['input'])} is not allowed: {_field_description(model, loc) or 'wrong form'}"
+        message = f"{shown(err['input'])} is not allowed: {_field_description(model, loc, '[key]' in err['loc']) or 'wrong form'}"
     elif kind in ("literal_error", "enum"):
         message = f"{shown(err['input'])} is not allowed; expected {err['ctx']['expected']}"
     elif kind.endswith("_type") or kind.startswith("ip_"):
@@ -465,7 +465,7 @@ def _allowed_keys(model: type[BaseModel], path: FieldPath) -> list[str]:
     return [info.alias or name for name, info in target.model_fields.items()] if target else []
 
 
-def _field_description(model: type[BaseModel], path: FieldPath) -> str | None:
+def _field_description(model: type[BaseModel], path: FieldPath, is_key: bool = False) -> str | None:
     parent = _model_at(model, path[:-1])
     if parent and isinstance(path[-1], str) and path[-1] in parent.model_fields:
         info = parent.model_fields[path[-1]]
@@ -478,6 +478,8 @@ def _field_description(model: type[BaseModel], path: FieldPath) -> str | None:
     descriptions = {"nodes": "a node name: lowercase letters, digits and '-', starting with a letter",
                     "endpoints": "a node name: lowercase letters, digits and '-', starting with a letter",
                     "addresses": "a node name", "sysctls": "a network sysctl (net.*): only these are per node"}
+    if not is_key and len(path) >= 2 and path[-2] == "sysctls":
+        return "a sysctl value: a number, or words and numbers (e.g. '4096 87380 6291456')"
     for part in reversed(path):
         if isinstance(part, str) and part in descriptions:
             return descriptions[part]

@@ -351,10 +351,12 @@ def render(text: str, path: Path | None, params: Mapping[str, Any], undefined: t
     chunks: list[str] = []
     size = 0
     try:
-        for chunk in template.generate(**params):
+        output = template.generate(**params)
+        for chunk in output:
             size += len(chunk)
             if size > MAX_RENDERED_CHARS:
-                raise TemplateBudget(f"output of more than {MAX_RENDERED_CHARS:,} characters")
+                # Thrown in where the template stands, so the error names its line.
+                output.throw(TemplateBudget(f"output of more than {MAX_RENDERED_CHARS:,} characters"))
             chunks.append(chunk)
     except jinja2.UndefinedError as exc:
         raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path, _template_line(exc)),
