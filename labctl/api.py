@@ -6,15 +6,14 @@ Each function takes plain values, returns plain data, and raises
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from . import nodes as agent
 from .engine import DeployReport, Engine, ExecResult, default_engine
 from .errors import UserError
 from .impairments import apply_lab, heal_loop, in_force, loop_link, parse_impairment, set_link, start_loop
@@ -22,8 +21,6 @@ from .loader import LoadedLab, available_labs, load_lab
 from .plan import LabPlan, plan_lab
 
 Progress = Callable[[str], None]
-TRACEFS = Path("/sys/kernel/tracing")
-TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
 
 
 @dataclass(frozen=True)
@@ -64,8 +61,7 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
 
 def _apply_lab_impairments(engine: Engine, plan: LabPlan, report: DeployReport, progress: Progress | None) -> list:
     """The lab file's impairments, after deploy (nodes it just created start with none in force)."""
-    fresh = {node.name for node in plan.nodes if node.container in report.created}
-    impaired = apply_lab(engine, plan, fresh)
+    impaired = apply_lab(engine, plan, report.fresh)
     for direction in impaired:
         if progress and direction.changed:
             progress(f"impaired {direction.summary}")
@@ -168,12 +164,12 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
         def describe(state) -> NodeStatus:
             entry = NodeStatus(state.node, state.status, state.container, state.image)
             if state.status == "running":
-                inspected = engine.exec(name, state.node, ["python3", "-m", "labctl.agent", "inspect"])
-                if inspected.exit_code == 0:
-                    import json
-                    data = json.loads(inspected.stdout)
-                    entry.interfaces, entry.routes = data["interfaces"], data["routes"]
-                    entry.impairments, entry.loop = data.get("impairments") or [], data.get("loop")
+                try:
+                    seen = agent.inspect(engine, name, state.node)
+                except UserError:
+                    return entry  # a node that does not answer is shown as the engine has it
+                entry.interfaces, entry.routes = list(seen.interfaces), list(seen.routes)
+                entry.impairments, entry.loop = list(seen.impairments), seen.loop
             return entry
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -326,40 +322,40 @@ def doctor(*, engine: Engine | None = None) -> list[Check]:
     except UserError as exc:
         checks.append(Check("engine", False, exc.message, "nothing: labctl needs a container engine"))
         return checks
-    image = getattr(engine, "image_present")()
+    image = engine.image_present()
     if image:
         checks.append(Check("node image", True, image))
     else:
-        from .engine.image import expected_tag
-        checks.append(Check("node image", False, f"{expected_tag()} not built yet", "built on first `labctl up` (or `labctl image build`)"))
+        checks.append(Check("node image", False, "not built yet for this code", "built on first `labctl up` (or `labctl image build`)"))
     debootstrap = shutil.which("debootstrap")
     checks.append(Check("debootstrap (offline base)", debootstrap is not None, debootstrap or "not installed",
                         "" if debootstrap else "a Debian base image from a registry (apt-get install debootstrap for offline builds)"))
-    checks.append(_tracefs_check())
+    checks.append(_tracefs_check(engine))
     if image:
-        import json
-        probed = engine.probe(image, ["python3", "-m", "labctl.agent", "probe"])
-        if probed.exit_code == 0:
-            for key, feature in json.loads(probed.stdout)["features"].items():
-                checks.append(Check(f"kernel: {feature['what']}", feature["ok"], "available" if feature["ok"] else feature["detail"] or "not available",
-                                    "" if feature["ok"] else feature["fallback"]))
-        else:
-            checks.append(Check("kernel features", False, f"probe failed: {probed.stderr.strip()[-300:]}"))
+        try:
+            features = agent.probe(engine, image).features
+        except UserError as exc:
+            checks.append(Check("kernel features", False, f"probe failed: {exc.message[-300:]}"))
+            features = {}
+        for feature in features.values():
+            checks.append(Check(f"kernel: {feature['what']}", feature["ok"], "available" if feature["ok"] else feature["detail"] or "not available",
+                                "" if feature["ok"] else feature["fallback"]))
     else:
         checks.append(Check("kernel features", False, "not probed: needs the node image", "run `labctl image build`, then doctor again"))
     return checks
 
 
-def _tracefs_check() -> Check:
-    events = TRACEFS / "events"
-    if not events.is_dir() and os.geteuid() == 0:
-        # tracefs is often present but not mounted; root can mount it without side effects.
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True)
-    missing = [tp for tp in TRACEPOINTS if not (events / tp).is_dir()]
-    if not events.is_dir():
-        return Check("tracefs tracepoints", False, f"{TRACEFS} not mounted", "TCP states from sampling (ss) and the captures only")
-    if missing:
-        return Check("tracefs tracepoints", False, f"missing: {', '.join(missing)}", "TCP states from sampling (ss) and the captures only")
+def _tracefs_check(engine: Engine) -> Check:
+    from .engine.tracefs import TRACEPOINTS
+
+    instead = "TCP states from sampling (ss) and the captures only"
+    tracefs = engine.host_observers()
+    if tracefs is None:
+        return Check("tracefs tracepoints", False, f"the {engine.name} engine's nodes run on another kernel", instead)
+    if not tracefs.mounted():
+        return Check("tracefs tracepoints", False, f"{tracefs.root} not mounted", instead)
+    if missing := tracefs.missing():
+        return Check("tracefs tracepoints", False, f"missing: {', '.join(missing)}", instead)
     return Check("tracefs tracepoints", True, ", ".join(t.split("/")[1] for t in TRACEPOINTS))
 
 

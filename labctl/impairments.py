@@ -10,7 +10,6 @@ Routing loops are set up in both routers at one instant and heal themselves
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -21,14 +20,12 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
+from . import nodes as agent
+from .agent.protocol import MECHANISM_ENV, MECHANISMS, Impair, InterfaceWish, Loop
 from .engine import Engine
-from .errors import EngineError, UserError
+from .errors import UserError
 from .model import Impairment, LoopMatch, describe_settings
 from .plan import LabPlan
-
-AGENT = ["python3", "-m", "labctl.agent"]
-MECHANISM_ENV = "LABCTL_IMPAIR_MECHANISM"
-MECHANISMS = ("auto", "netem", "fallback")
 # Both routers hook their loop rules in at one instant this far ahead: time for two execs to start.
 LOOP_LEAD = 0.6
 MAX_LOOP = 3600.0
@@ -135,23 +132,6 @@ def peer_address(plan: LabPlan, link: str, node: str) -> str | None:
     return address_on(plan, endpoints[1] if endpoints[0] == node else endpoints[0], link)
 
 
-def _agent(plan: LabPlan, node: str) -> list[str]:
-    # A node on its own image has the agent copied to /opt/labctl, outside its Python path.
-    return ["env", "PYTHONPATH=/opt/labctl", *AGENT] if plan.node(node).image else AGENT
-
-
-def _exec_agent(engine: Engine, plan: LabPlan, node: str, command: str, payload: dict) -> dict:
-    result = engine.exec(plan.lab, node, [*_agent(plan, node), command, json.dumps(payload)])
-    try:
-        reply = json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
-    except ValueError:
-        reply = {}
-    if result.exit_code != 0 or not reply.get("ok"):
-        reason = reply.get("error") or (result.stderr or result.stdout).strip()[-600:] or f"exit status {result.exit_code}"
-        raise EngineError(f"{command} on node {node} failed: {reason}")
-    return reply
-
-
 def apply(engine: Engine, plan: LabPlan, wanted: Mapping[str, Mapping[str, dict]], origin: str,
           force: bool = False) -> list[Direction]:
     """``wanted``: node -> {link: agent settings ({} clears)}; one agent call per node, in parallel.
@@ -160,10 +140,9 @@ def apply(engine: Engine, plan: LabPlan, wanted: Mapping[str, Mapping[str, dict]
     mechanism = requested_mechanism()
 
     def one(node: str) -> list[Direction]:
-        interfaces = {link: {"settings": settings, "peer": peer_address(plan, link, node)} for link, settings in wanted[node].items()}
-        reply = _exec_agent(engine, plan, node, "impair", {"interfaces": interfaces, "origin": origin, "mechanism": mechanism,
-                                                           "force": force})
-        return [_direction(node, state) for state in reply["interfaces"].values()]
+        interfaces = {link: InterfaceWish(settings, peer_address(plan, link, node)) for link, settings in wanted[node].items()}
+        reply = agent.impair(engine, plan.lab, node, Impair(interfaces, origin, mechanism, force))
+        return [_direction(node, state) for state in reply.interfaces.values()]
 
     nodes = [n for n in wanted if wanted[n]]
     if not nodes:
@@ -221,7 +200,7 @@ def read_in_force(engine: Engine, plan: LabPlan, nodes: list[str] | None = None)
     names = nodes or [n.name for n in plan.nodes]
 
     def one(node: str) -> tuple[str, dict]:
-        return node, _exec_agent(engine, plan, node, "inspect", {})
+        return node, agent.inspect(engine, plan.lab, node).to_json()
 
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         return in_force(dict(pool.map(one, names)))
@@ -302,12 +281,11 @@ def start_loop(engine: Engine, plan: LabPlan, r1: str, r2: str, seconds: float,
     start_at = time.time() + LOOP_LEAD
     heal_at = start_at + seconds
 
-    def one(pair: tuple[str, str]) -> dict:
+    def one(pair: tuple[str, str]):
         me, other = pair
-        config = {"action": "start", "id": ident, "dev": link, "peer": address_on(plan, other, link),
-                  "partner": [str(i.address.ip) for i in plan.node(other).interfaces], "subnets": subnets,
-                  "match": payload_match, "start_at": start_at, "heal_at": heal_at}
-        return _exec_agent(engine, plan, me, "loop", config)
+        request = Loop("start", ident, link, address_on(plan, other, link), tuple(str(i.address.ip) for i in plan.node(other).interfaces),
+                       tuple(subnets), payload_match, start_at, heal_at)
+        return agent.loop(engine, plan.lab, me, request)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(one, pair) for pair in [(r1, r2), (r2, r1)]]
@@ -319,7 +297,7 @@ def start_loop(engine: Engine, plan: LabPlan, r1: str, r2: str, seconds: float,
         finally:
             raise failed[0]
     replies = [f.result() for f in futures]
-    started = max(reply["started"] for reply in replies)
+    started = max(reply.started for reply in replies)
     return LoopResult((r1, r2), link, started, heal_at, parsed.model_dump(by_alias=True, exclude_none=True) if parsed else None, ident)
 
 
@@ -328,7 +306,7 @@ def heal_loop(engine: Engine, plan: LabPlan, routers: list[str] | None = None) -
     names = routers or [n.name for n in plan.nodes if n.role == "router"]
 
     def one(router: str) -> tuple[str, dict]:
-        return router, _exec_agent(engine, plan, router, "loop", {"action": "heal"})
+        return router, agent.loop(engine, plan.lab, router, Loop("heal")).to_json()
 
     if not names:
         return {}
@@ -338,7 +316,7 @@ def heal_loop(engine: Engine, plan: LabPlan, routers: list[str] | None = None) -
 
 def loop_states(engine: Engine, plan: LabPlan, routers: list[str]) -> dict[str, dict]:
     def one(router: str) -> tuple[str, dict]:
-        return router, _exec_agent(engine, plan, router, "loop", {"action": "status"}).get("state") or {}
+        return router, agent.loop(engine, plan.lab, router, Loop("status")).state or {}
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(routers)))) as pool:
         return dict(pool.map(one, routers))

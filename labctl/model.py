@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .agent.protocol import IMPAIRMENT_SETTINGS, settings_from_lab
 from .units import Duration, Percent, Rate, SysctlName, SysctlValue, format_duration, format_percent, format_rate
 
 SCHEMA_VERSION = 1
@@ -96,20 +97,7 @@ class Impairment(_Strict):
 
     def settings(self) -> dict[str, float | int | str]:
         """What the in-node agent applies: plain numbers in its units, only what is on."""
-        result: dict[str, float | int | str] = {}
-        for key, value, scale in (("delay_ms", self.delay, 1000), ("jitter_ms", self.jitter, 1000),
-                                  ("loss_pct", self.loss, 100), ("loss_correlation_pct", self.loss_correlation, 100),
-                                  ("duplicate_pct", self.duplicate, 100), ("reorder_pct", self.reorder, 100),
-                                  ("corrupt_pct", self.corrupt, 100)):
-            if value:
-                result[key] = round(value * scale, 6)
-        if self.jitter:
-            result["distribution"] = self.distribution or "uniform"
-        if self.rate:
-            result["rate_bit"] = round(self.rate)
-        if self.limit:
-            result["limit"] = self.limit
-        return result
+        return settings_from_lab({s.field: getattr(self, s.field) for s in IMPAIRMENT_SETTINGS})
 
     def is_empty(self) -> bool:
         return not self.settings()

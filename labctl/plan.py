@@ -2,7 +2,8 @@
 
 Pure: the only outside fact it takes is the set of subnets already in use
 (so allocation skips them). The same lab and the same subnets in use give
-the same plan, which is what makes ``up`` idempotent.
+the same plan, which is what makes ``up`` idempotent. It speaks of the lab
+(nodes, links, addresses); what an engine calls its objects is the engine's.
 """
 
 from __future__ import annotations
@@ -14,20 +15,12 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Mapping
 
+from .agent import protocol
 from .loader import LoadedLab, forwarding_paths, gateway_address
 from .model import Lab
 
 DEFAULT_POOL = IPv4Network("10.250.0.0/16")
 POOL_PREFIX = 24
-OWNER = "labctl"
-
-# Labels on every engine object: the engine's own record of what belongs to which lab.
-LABEL_OWNER = "org.labctl.owner"
-LABEL_LAB = "org.labctl.lab"
-LABEL_NODE = "org.labctl.node"
-LABEL_LINK = "org.labctl.link"
-LABEL_SPEC = "org.labctl.spec"
-LABEL_SOURCE = "org.labctl.source"
 
 
 @dataclass(frozen=True)
@@ -60,8 +53,7 @@ class InterfaceImpairment:
 class NodePlan:
     name: str
     role: str
-    image: str | None
-    container: str
+    image: str | None  # an image of the lab's own; None: the node image
     interfaces: tuple[Interface, ...]
     routes: tuple[RoutePlan, ...]
     hosts: tuple[tuple[str, IPv4Address], ...]  # name -> address, as /etc/hosts will say
@@ -69,41 +61,36 @@ class NodePlan:
     # Not part of setup() nor of the spec hash: impairments change in running nodes, never by a new container.
     impairments: tuple[InterfaceImpairment, ...] = ()
 
-    def setup(self) -> dict:
-        """What the in-node agent applies after start (JSON-ready)."""
-        return {
-            "node": self.name,
-            "role": self.role,
-            "interfaces": [{"name": i.name, "address": str(i.address)} for i in self.interfaces],
-            "routes": [{"to": r.to, "via": str(r.via), "dev": r.dev} for r in self.routes],
-            "sysctls": dict(self.sysctls),
-            "hosts": self.hosts_map(),
-        }
+    def setup(self) -> protocol.Setup:
+        """What the in-node agent applies after start."""
+        return protocol.Setup(self.name, self.role, tuple(protocol.Interface(i.name, str(i.address)) for i in self.interfaces),
+                              tuple(protocol.Route(r.to, str(r.via), r.dev) for r in self.routes), dict(self.sysctls),
+                              self.hosts_map())
 
     def hosts_map(self) -> dict[str, str]:
         return {name: str(address) for name, address in self.hosts}
 
     def spec_hash(self, image: str) -> str:
-        """Changes whenever something that needs a new container changes.
+        """Changes whenever something that needs a new node changes; ``image``: the node image,
+        whose tag is a hash of the agent (a node on an image of its own carries a copy of it).
 
         Name entries are left out: they are rewritten in running nodes, so adding
         a node to a lab does not recreate all the others.
         """
-        setup = {k: v for k, v in self.setup().items() if k != "hosts"}
-        blob = json.dumps({"setup": setup, "image": self.image or image}, sort_keys=True)
+        setup = {k: v for k, v in self.setup().to_json().items() if k != "hosts"}
+        blob = json.dumps({"setup": setup, "image": self.image or image, "agent": image}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class LinkPlan:
     name: str
-    network: str  # engine network name
     subnet: IPv4Network
-    gateway: IPv4Address
+    reserved: IPv4Address  # the address the engine's own end of the link takes (no node's)
     endpoints: tuple[str, ...]
 
     def spec_hash(self) -> str:
-        return hashlib.sha256(f"{self.subnet}|{self.gateway}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{self.subnet}|{self.reserved}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -130,10 +117,6 @@ class LabPlan:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
-def object_name(lab: str, part: str) -> str:
-    return f"labctl-{lab}-{part}"
-
-
 def subnet_pool(lab: Lab) -> IPv4Network:
     if lab.subnet_pool is not None:
         return lab.subnet_pool
@@ -153,7 +136,7 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
     subnets = _assign_subnets(loaded, in_use, current or {})
     addresses = _assign_addresses(loaded, subnets)
     links = tuple(
-        LinkPlan(link.name, object_name(lab.name, link.name), subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
+        LinkPlan(link.name, subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
         for link in lab.links
     )
     nodes = tuple(_plan_node(lab, name, subnets, addresses) for name in lab.nodes)
@@ -236,7 +219,7 @@ def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresse
         sysctls = {**sysctls, "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
                    "net.ipv4.conf.all.send_redirects": "0", "net.ipv4.conf.default.send_redirects": "0", **node.sysctls}
     return NodePlan(
-        name=name, role=node.role, image=node.image, container=object_name(lab.name, name), interfaces=interfaces,
+        name=name, role=node.role, image=node.image, interfaces=interfaces,
         routes=routes, hosts=hosts, sysctls=tuple((k, str(v)) for k, v in sorted(sysctls.items())),
         impairments=_node_impairments(lab, name),
     )

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from .agent.system import write_json as atomic_json
 
 RUN_SCHEMA_VERSION = 1
 DEFAULT_ROOT = Path("results")
@@ -41,16 +42,8 @@ def new_run_id(label: str) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; run directories are for sharing
-    os.replace(tmp, path)
+    """Atomic and on disk: a reader sees the old file or the new one, never half of one."""
+    atomic_json(path, data, indent=2, durable=True)
 
 
 def read_json(path: Path) -> Any:

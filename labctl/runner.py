@@ -35,7 +35,7 @@ from .observe.tracing import KernelEvents
 from .plan import LabPlan
 from .rundir import RUN_SCHEMA_VERSION, RunDir
 from .scenario import Step
-from .session import ActorSession, NodeLost
+from .nodes import ActorSession, NodeLost
 
 Progress = Callable[[str], None]
 NODE_RUN_ROOT = "/run/labctl"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from labctl import api
-from labctl.engine.docker_engine import DockerEngine
+from labctl.engine.docker import DockerEngine
 
 
 # client - router - server with pool subnets: the lab most engine tests start from.

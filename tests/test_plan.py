@@ -54,7 +54,7 @@ def test_teardown_numbers_endpoints_from_one_and_keeps_the_fixed_address(teardow
 
 
 def test_the_bridge_gateway_is_the_last_usable_address(teardown):
-    assert [(link.name, str(link.subnet), str(link.gateway)) for link in teardown.links] == [
+    assert [(link.name, str(link.subnet), str(link.reserved)) for link in teardown.links] == [
         ("left", "10.250.1.0/24", "10.250.1.254"),
         ("right", "10.250.2.0/24", "10.250.2.254"),
     ]
@@ -103,8 +103,10 @@ def test_interface_names_are_link_names(teardown):
 
 
 def test_engine_objects_are_named_after_the_lab(teardown):
-    assert teardown.node("client").container == "labctl-teardown-client"
-    assert teardown.link("left").network == "labctl-teardown-left"
+    from labctl.engine.docker.labels import container_name, network_name
+
+    assert container_name(teardown.lab, "client") == "labctl-teardown-client"
+    assert network_name(teardown.lab, "left") == "labctl-teardown-left"
 
 
 # --- subnets from the pool ---------------------------------------------------------
@@ -333,8 +335,8 @@ def test_spec_hash_changes_for_the_node_whose_address_changes():
 def test_a_changed_address_reaches_other_nodes_as_a_name_entry_not_a_new_container():
     # /etc/hosts is rewritten in running nodes, so the client keeps its container.
     before, after = teardown_like("10.250.2.10"), teardown_like("10.250.2.11")
-    assert after.node("client").setup()["hosts"]["server"] == "10.250.2.11"
-    assert before.node("client").setup()["hosts"]["server"] == "10.250.2.10"
+    assert after.node("client").setup().hosts["server"] == "10.250.2.11"
+    assert before.node("client").setup().hosts["server"] == "10.250.2.10"
     assert spec_hashes(after)["client"] == spec_hashes(before)["client"]
     assert spec_hashes(after)["router"] == spec_hashes(before)["router"]
 
@@ -381,7 +383,7 @@ def test_impairments_change_no_container():
     # They are changed in running nodes; a new container would lose every socket and capture.
     plain = plan(IMPAIRED.replace("impair: {delay: 50ms}", "").replace("impair:\n          - {from: router, loss: 5%, rate: 1mbit}", ""))
     assert spec_hashes(plain) == spec_hashes(plan(IMPAIRED))
-    assert "impair" not in json.dumps(plan(IMPAIRED).node("router").setup())
+    assert "impair" not in json.dumps(plan(IMPAIRED).node("router").setup().to_json())
 
 
 def test_routers_send_no_redirects_so_a_loop_stays_a_loop(teardown):

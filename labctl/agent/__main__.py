@@ -1,7 +1,10 @@
-"""Command line of the in-node agent: ``python3 -m labctl.agent COMMAND``.
+"""Command line of the in-node agent: ``python3 -m labctl.agent [--protocol N] COMMAND [JSON]``.
 
-Each command imports only its own module: the agent runs once per node on
-every `up`, so its start-up time is part of every lab's start-up time.
+The host starts it with ``protocol.command_line``, which names the protocol
+version it speaks: an agent of another version refuses (exit
+``EXIT_MISMATCH``) before doing anything. Each command imports only its own
+module: the agent runs once per node on every `up`, so its start-up time is
+part of every lab's start-up time.
 """
 
 from __future__ import annotations
@@ -10,48 +13,68 @@ import importlib
 import json
 import sys
 
-USAGE = ("usage: python3 -m labctl.agent {setup|hosts|inspect|probe|actor|sysctl|host-bridge-accept|impair|loop} [JSON]\n"
+from . import protocol
+
+USAGE = (f"usage: python3 -m labctl.agent [{protocol.VERSION_FLAG} N] {{{'|'.join([*protocol.COMMANDS, 'actor'])}}} [JSON]\n"
          "       python3 -m labctl.agent shaper --queue N (--config JSON | --config-file PATH) [--stats-file PATH] [--seed S]")
 
-
-def _json_arg(argv: list[str]) -> object:
-    return json.loads(argv[1]) if len(argv) > 1 else json.load(sys.stdin)
-
-
-# command -> (module, how to call it with the command line)
-COMMANDS = {
-    "setup": ("netsetup", lambda m, argv: m.apply(_json_arg(argv))),
-    "hosts": ("netsetup", lambda m, argv: m.write_hosts(_json_arg(argv))),
-    "inspect": ("netsetup", lambda m, argv: m.inspect()),
-    "sysctl": ("sysctl", lambda m, argv: m.apply(_json_arg(argv))),
-    "host-bridge-accept": ("hostfw", lambda m, argv: m.ensure()),
-    "probe": ("probe", lambda m, argv: m.run_all()),
-    # Link impairments on this node's egress (netem, or iptables + tbf + the shaper below).
-    "impair": ("impair", lambda m, argv: m.apply(_json_arg(argv))),
+# command -> (module, function): each takes the command's typed request (if it has one) and returns its reply.
+HANDLERS = {
+    "setup": ("netsetup", "apply"),
+    "hosts": ("netsetup", "write_hosts"),
+    "inspect": ("netsetup", "inspect"),
+    "sysctl": ("sysctl", "apply"),
+    "probe": ("probe", "run_all"),
+    # Link impairments on this node's egress (netem, or iptables + tbf + the shaper).
+    "impair": ("impair", "apply"),
     # A transient forwarding loop with another router (start, heal, status).
-    "loop": ("loop", lambda m, argv: m.main(_json_arg(argv))),
-    # A daemon: runs until SIGTERM, then prints its final stats like any other command's result.
-    "shaper": ("shaper", lambda m, argv: m.main(argv[1:])),
+    "loop": ("loop", "main"),
 }
+assert set(HANDLERS) == set(protocol.COMMANDS)
+
+
+def one_shot(command: str, argv: list[str]) -> protocol.Reply:
+    request_type, _ = protocol.COMMANDS[command]
+    module, function = HANDLERS[command]
+    handler = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    try:
+        if request_type is None:
+            return handler()
+        payload = json.loads(argv[0]) if argv else json.load(sys.stdin)
+        return handler(request_type.from_json(payload))
+    except (RuntimeError, ValueError, OSError) as exc:  # ProtocolError and JSON errors are ValueErrors
+        return protocol.Reply(ok=False, error=str(exc))
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == [protocol.VERSION_FLAG]:
+        if argv[1:2] != [str(protocol.PROTOCOL_VERSION)]:
+            print(protocol.mismatch_message(argv[1] if len(argv) > 1 else "?"), file=sys.stderr)
+            return protocol.EXIT_MISMATCH
+        argv = argv[2:]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    command = argv[0]
+    command, rest = argv[0], argv[1:]
     if command == "actor":
         from . import actor
 
-        return actor.main(argv[1:])
-    if command not in COMMANDS:
+        return actor.main(rest)
+    if command == "shaper":
+        # A daemon: runs until SIGTERM, then prints its final stats like any other command's result.
+        from . import shaper
+
+        result = shaper.main(rest)
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return 0 if result.get("ok", True) else 1
+    if command not in protocol.COMMANDS:
         print(f"unknown agent command: {command}\n{USAGE}", file=sys.stderr)
         return 2
-    module, call = COMMANDS[command]
-    result = call(importlib.import_module(f"{__package__}.{module}"), argv)
-    json.dump(result, sys.stdout)
+    reply = one_shot(command, rest)
+    json.dump(reply.to_json(), sys.stdout)
     sys.stdout.write("\n")
-    return 0 if result.get("ok", True) else 1
+    return 0 if reply.ok else 1
 
 
 if __name__ == "__main__":

@@ -42,48 +42,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .protocol import MECHANISM_ENV, MECHANISMS, PARTS, Impair, ImpairReply, command_line, needs_netem, normalize
+from .system import run
+from .system import write_json
+
 STATE_DIR = "/run/labctl/impair"
-MECHANISM_ENV = "LABCTL_IMPAIR_MECHANISM"
-MECHANISMS = ("auto", "netem", "fallback")
 CHAIN_PREFIX = "LCIMP-"          # one mangle chain per impaired interface (iptables allows 28 chars)
 QUEUES = range(200, 1000)        # shaper queue numbers (the actor's packet rules use 100)
 MTU_FRAME = 1514                 # bytes a full Ethernet frame takes in a qdisc's accounting
-KEYS = {"delay_ms": float, "jitter_ms": float, "distribution": str, "loss_pct": float, "loss_correlation_pct": float,
-        "duplicate_pct": float, "reorder_pct": float, "corrupt_pct": float, "rate_bit": float, "limit": int}
-NETEM_KEYS = ("delay_ms", "jitter_ms", "loss_pct", "duplicate_pct", "reorder_pct", "corrupt_pct")
 READY_TIMEOUT = 10.0
-SETTING_WORDS = (("delay_ms", "delay"), ("jitter_ms", "jitter"), ("loss_pct", "loss"), ("duplicate_pct", "duplicate"),
-                 ("reorder_pct", "reorder"), ("corrupt_pct", "corrupt"), ("rate_bit", "rate"), ("limit", "limit"))
-
-
-def normalize(settings: dict) -> dict:
-    """Settings with every zero left out; unknown keys and bad values are errors (ValueError)."""
-    unknown = sorted(set(settings) - set(KEYS))
-    if unknown:
-        raise ValueError(f"unknown impairment setting(s) {', '.join(unknown)}; known: {', '.join(KEYS)}")
-    result: dict = {}
-    for key, value in settings.items():
-        if key == "distribution":
-            if value not in ("uniform", "normal"):
-                raise ValueError(f"distribution must be uniform or normal, not {value!r}")
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{key} must be a number of at least 0, not {value!r}")
-        if key.endswith("_pct") and value > 100:
-            raise ValueError(f"{key} must be at most 100, not {value!r}")
-        if value:
-            result[key] = KEYS[key](value)
-    if result.get("jitter_ms"):
-        result["distribution"] = settings.get("distribution") or "uniform"
-    if not result.get("loss_pct"):
-        result.pop("loss_correlation_pct", None)
-    if result.get("reorder_pct") and not result.get("delay_ms"):
-        raise ValueError("reorder_pct needs delay_ms: reordered packets are the ones sent without the delay")
-    return result
-
-
-def needs_netem(settings: dict) -> bool:
-    return any(settings.get(key) for key in NETEM_KEYS)
 
 
 # --- the netem path ------------------------------------------------------------------------
@@ -238,11 +205,7 @@ def read_state(iface: str) -> dict:
 
 
 def _write_state(iface: str, state: dict) -> None:
-    os.makedirs(STATE_DIR, exist_ok=True)
-    tmp = f"{_state_path(iface)}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(state, fh)
-    os.replace(tmp, _state_path(iface))
+    write_json(_state_path(iface), state)
 
 
 def public(state: dict) -> dict:
@@ -264,14 +227,7 @@ def in_force() -> list[dict]:
     return result
 
 
-# --- running things ----------------------------------------------------------------------------
-
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()}")
-    return proc
-
+# --- iptables rules ----------------------------------------------------------------------------
 
 def _iptables_ensure(argv: list[str]) -> None:
     """Add a rule (-A or -I argv) unless it is there already."""
@@ -281,8 +237,8 @@ def _iptables_ensure(argv: list[str]) -> None:
     check[at] = "-C"
     if action == "-I" and check[at + 2] == "1":
         del check[at + 2]
-    if _run(check, check=False).returncode != 0:
-        _run(argv)
+    if run(check, check=False).returncode != 0:
+        run(argv)
 
 
 def _iptables_remove(argv: list[str]) -> None:
@@ -294,17 +250,17 @@ def _iptables_remove(argv: list[str]) -> None:
     if action == "-I" and rule[at + 2] == "1":
         del rule[at + 2]
     for _ in range(16):
-        if _run(rule, check=False).returncode != 0:
+        if run(rule, check=False).returncode != 0:
             return
 
 
 def _set_chain(plan: FallbackPlan) -> None:
     """Fill the interface's chain with the plan's rules and hook it in (or take both away)."""
     if plan.rules:
-        _run(["iptables", "-w", "-t", "mangle", "-N", plan.chain], check=False)
-        _run(["iptables", "-w", "-t", "mangle", "-F", plan.chain])
+        run(["iptables", "-w", "-t", "mangle", "-N", plan.chain], check=False)
+        run(["iptables", "-w", "-t", "mangle", "-F", plan.chain])
         for rule in plan.rules:
-            _run(rule)
+            run(rule)
         # First in POSTROUTING: duplicates and losses are decided before the engine's queue.
         _iptables_ensure(plan.hook("-I"))
     else:
@@ -314,8 +270,8 @@ def _set_chain(plan: FallbackPlan) -> None:
 def _drop_chain(chain: str) -> None:
     iface = chain[len(CHAIN_PREFIX):]
     _iptables_remove(["iptables", "-w", "-t", "mangle", "-A", "POSTROUTING", "-o", iface, "-j", chain])
-    _run(["iptables", "-w", "-t", "mangle", "-F", chain], check=False)
-    _run(["iptables", "-w", "-t", "mangle", "-X", chain], check=False)
+    run(["iptables", "-w", "-t", "mangle", "-F", chain], check=False)
+    run(["iptables", "-w", "-t", "mangle", "-X", chain], check=False)
 
 
 def _alive(pid: int | None, queue: int | None) -> bool:
@@ -345,15 +301,15 @@ def _read_stats(path: str) -> dict | None:
 def _start_shaper(queue: int, config: dict) -> int:
     """Start the engine in the background; return its pid once both queues are bound."""
     config_file, stats_file, log_file = _shaper_files(queue)
-    _write_json(config_file, config)
+    write_json(config_file, config)
     try:
         os.unlink(stats_file)
     except FileNotFoundError:
         pass
     with open(log_file, "ab") as log:
         # Its own session, no pipe of ours: it outlives this command (the exec that started it).
-        proc = subprocess.Popen([sys.executable, "-m", "labctl.agent", "shaper", "--queue", str(queue),
-                                 "--config-file", config_file, "--stats-file", stats_file],
+        proc = subprocess.Popen(command_line("shaper", "--queue", str(queue), "--config-file", config_file,
+                                             "--stats-file", stats_file, python=sys.executable),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -374,7 +330,7 @@ def _reload_shaper(pid: int, queue: int, config: dict) -> None:
     config_file, stats_file, _ = _shaper_files(queue)
     before = _read_stats(stats_file) or {}
     done_before = before.get("reloads", 0) + before.get("reload_errors", 0)
-    _write_json(config_file, config)
+    write_json(config_file, config)
     os.kill(pid, signal.SIGHUP)
     os.kill(pid, signal.SIGUSR1)  # the stats it writes next say whether the reload took
     deadline = time.monotonic() + READY_TIMEOUT
@@ -398,14 +354,6 @@ def _stop_shaper(pid: int | None, queue: int | None) -> None:
         time.sleep(0.01)
     if _alive(pid, queue):
         os.kill(pid, signal.SIGKILL)
-
-
-def _write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
 
 
 def _free_queue(taken: set[int]) -> int:
@@ -434,12 +382,12 @@ def _clear_fallback(iface: str, state: dict, keep_qdisc: bool = False) -> None:
     if state.get("queue") is not None:
         for rule in queue_rules(iface, state["queue"], action="-D"):
             for _ in range(4):
-                if _run(rule, check=False).returncode != 0:
+                if run(rule, check=False).returncode != 0:
                     break
         _stop_shaper(state.get("shaper_pid"), state.get("queue"))
     _drop_chain(chain_name(iface))
     if state.get("qdisc") and not keep_qdisc:
-        _run(["tc", "qdisc", "del", "dev", iface, "root"], check=False)
+        run(["tc", "qdisc", "del", "dev", iface, "root"], check=False)
 
 
 def _apply_fallback(iface: str, settings: dict, peer: str | None, state: dict) -> dict:
@@ -464,9 +412,9 @@ def _apply_fallback(iface: str, settings: dict, peer: str | None, state: dict) -
         raise RuntimeError(f"cannot set the iptables rules for {iface}")
     if plan.tc:
         for argv in plan.tc:
-            _run(argv)
+            run(argv)
     elif state.get("qdisc"):
-        _run(["tc", "qdisc", "del", "dev", iface, "root"], check=False)
+        run(["tc", "qdisc", "del", "dev", iface, "root"], check=False)
     queue, pid = state.get("queue"), state.get("shaper_pid")
     if plan.shaper:
         if queue is None:
@@ -480,7 +428,7 @@ def _apply_fallback(iface: str, settings: dict, peer: str | None, state: dict) -
             _iptables_ensure(rule)
     elif queue is not None:
         for rule in queue_rules(iface, queue, action="-D"):
-            _run(rule, check=False)
+            run(rule, check=False)
         _stop_shaper(pid, queue)
         queue = pid = None
     return {"mechanism": "fallback", "parts": plan.parts, "queue": queue, "shaper_pid": pid,
@@ -508,16 +456,16 @@ def apply_interface(iface: str, settings: dict, *, peer: str | None = None, mech
         # Rate and limit alone: a tbf, the same on every kernel.
         _clear_fallback(iface, state, keep_qdisc=True)
         for argv in netem_commands(iface, settings):
-            _run(argv)
+            run(argv)
         new.update(mechanism="tbf", parts={"rate": "tbf", **({"limit": "tbf"} if settings.get("limit") else {})}, qdisc="tbf")
     else:
         applied = False
         if mechanism in ("auto", "netem"):
             # Whether the kernel has netem is known by trying: the qdisc replaces whatever root there was.
-            proc = _run(netem_commands(iface, settings)[0], check=False)
+            proc = run(netem_commands(iface, settings)[0], check=False)
             if proc.returncode == 0:
                 _clear_fallback(iface, state, keep_qdisc=True)
-                new.update(mechanism="netem", parts={word: "netem" for key, word in SETTING_WORDS if settings.get(key)}, qdisc="netem")
+                new.update(mechanism="netem", parts={word: "netem" for key, word in PARTS if settings.get(key)}, qdisc="netem")
                 applied = True
             else:
                 error = (proc.stderr or proc.stdout).strip() or "refused"
@@ -530,31 +478,22 @@ def apply_interface(iface: str, settings: dict, *, peer: str | None = None, mech
     return {**new, "changed": True}
 
 
-def requested_mechanism(config: dict) -> str:
-    mechanism = os.environ.get(MECHANISM_ENV) or config.get("mechanism") or "auto"
+def requested_mechanism(request: Impair) -> str:
+    mechanism = os.environ.get(MECHANISM_ENV) or request.mechanism or "auto"
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, not {mechanism!r}")
     return mechanism
 
 
-def apply(config: dict) -> dict:
+def apply(request: Impair) -> ImpairReply:
     """The agent command: every listed interface to its wanted settings, one at a time."""
-    try:
-        mechanism = requested_mechanism(config)
-        origin = config.get("origin", "runtime")
-        result = {}
-        os.makedirs(STATE_DIR, exist_ok=True)
-        with open(os.path.join(STATE_DIR, "lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one change at a time per node (a run's restore, a user's command)
-            for iface, wanted in config.get("interfaces", {}).items():
-                state = apply_interface(iface, wanted.get("settings") or {}, peer=wanted.get("peer"),
-                                        mechanism=mechanism, origin=origin, force=bool(config.get("force")))
-                result[iface] = public(state)
-        return {"ok": True, "interfaces": result}
-    except (RuntimeError, ValueError, OSError) as exc:
-        return {"ok": False, "error": str(exc)}
-
-
-def show(config: dict | None = None) -> dict:
-    """What is in force on every interface."""
-    return {"ok": True, "impairments": in_force()}
+    mechanism = requested_mechanism(request)
+    result = {}
+    os.makedirs(STATE_DIR, exist_ok=True)
+    with open(os.path.join(STATE_DIR, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one change at a time per node (a run's restore, a user's command)
+        for iface, wanted in request.interfaces.items():
+            state = apply_interface(iface, wanted.settings, peer=wanted.peer, mechanism=mechanism,
+                                    origin=request.origin, force=request.force)
+            result[iface] = public(state)
+    return ImpairReply(interfaces=result)

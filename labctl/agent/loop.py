@@ -29,6 +29,9 @@ import subprocess
 import sys
 import time
 
+from .protocol import Loop, LoopReply, command_line
+from .system import run, write_json
+
 CHAIN = "LCLOOP"
 MARK = 0x4C4F          # "LO"
 TABLE = "4242"
@@ -108,9 +111,8 @@ _MAY_FAIL = {("-N", CHAIN), ("rule", "del"), ("route", "flush"), ("-D", "PREROUT
 
 
 def _run(argv: list[str], check: bool = True) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0 and check and not any(tuple(argv[i:i + 2]) == pair for pair in _MAY_FAIL for i in range(len(argv))):
-        raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()}")
+    may_fail = any(tuple(argv[i:i + 2]) == pair for pair in _MAY_FAIL for i in range(len(argv)))
+    run(argv, check=check and not may_fail)
 
 
 def _read() -> dict:
@@ -122,11 +124,7 @@ def _read() -> dict:
 
 
 def _write(state: dict) -> None:
-    os.makedirs(STATE_DIR, exist_ok=True)
-    tmp = f"{STATE_FILE}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(state, fh)
-    os.replace(tmp, STATE_FILE)
+    write_json(STATE_FILE, state)
 
 
 class _Lock:
@@ -150,58 +148,51 @@ def _heal_now(state: dict) -> dict:
     return state
 
 
-def start(config: dict) -> dict:
-    prepare, hook, heal = loop_commands(config["dev"], config["peer"], config.get("partner", []), config.get("subnets", []),
-                                        config.get("match"))
+def start(config: Loop) -> LoopReply:
+    prepare, hook, heal = loop_commands(config.dev, config.peer, list(config.partner), list(config.subnets), config.match)
     with _Lock():
         old = _read()
         if old.get("active"):
             _heal_now(old)  # a newer loop replaces it; its scheduled heal will find another id and do nothing
         for argv in prepare:
             _run(argv)
-        wait = config.get("start_at", 0) - time.time()
+        wait = config.start_at - time.time()
         if wait > 0:
             time.sleep(wait)
         _run(hook)
         started = time.time()
-        state = {"id": config["id"], "active": True, "peer": config["peer"], "dev": config["dev"], "match": config.get("match"),
-                 "started": started, "heal_at": config["heal_at"], "heal": heal}
+        state = {"id": config.id, "active": True, "peer": config.peer, "dev": config.dev, "match": config.match,
+                 "started": started, "heal_at": config.heal_at, "heal": heal}
         _write(state)
     # Its own session, no pipe of ours: it outlives this command.
-    subprocess.Popen([sys.executable, "-m", "labctl.agent", "loop", json.dumps({"action": "heal", "id": config["id"], "at": config["heal_at"]})],
+    later = Loop(action="heal", id=config.id, at=config.heal_at)
+    subprocess.Popen(command_line("loop", json.dumps(later.to_json()), python=sys.executable),
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
-    return {"ok": True, "id": config["id"], "started": started, "heal_at": config["heal_at"]}
+    return LoopReply(id=config.id, started=started, heal_at=config.heal_at)
 
 
-def heal(config: dict) -> dict:
-    wait = (config.get("at") or 0) - time.time()
+def heal(config: Loop) -> LoopReply:
+    wait = (config.at or 0) - time.time()
     if wait > 0:
         time.sleep(wait)
     with _Lock():
         state = _read()
-        if not state.get("active") or (config.get("id") and state.get("id") != config["id"]):
-            return {"ok": True, "healed": False, "state": _public(state)}
+        if not state.get("active") or (config.id and state.get("id") != config.id):
+            return LoopReply(healed=False, state=_public(state))
         state = _heal_now(state)
-    return {"ok": True, "healed": True, "state": _public(state)}
+    return LoopReply(healed=True, state=_public(state))
 
 
 def _public(state: dict) -> dict:
     return {k: v for k, v in state.items() if k != "heal"}
 
 
-def status() -> dict:
-    return {"ok": True, "state": _public(_read())}
+def status() -> LoopReply:
+    return LoopReply(state=_public(_read()))
 
 
-def main(config: dict) -> dict:
-    action = config.get("action")
-    try:
-        if action == "start":
-            return start(config)
-        if action == "heal":
-            return heal(config)
-        if action == "status":
-            return status()
-    except (RuntimeError, ValueError, OSError) as exc:
-        return {"ok": False, "error": str(exc)}
-    return {"ok": False, "error": f"unknown loop action {action!r}; known: start, heal, status"}
+def main(config: Loop) -> LoopReply:
+    actions = {"start": start, "heal": heal, "status": lambda _: status()}
+    if config.action not in actions:
+        return LoopReply(ok=False, error=f"unknown loop action {config.action!r}; known: {', '.join(actions)}")
+    return actions[config.action](config)

@@ -8,35 +8,38 @@ replace the engine's routes with the lab's.
 from __future__ import annotations
 
 import json
-import subprocess
+import shutil
 
-
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+from .protocol import REQUIRED_TOOLS, Hosts, HostsReply, Inspection, Setup, SetupReply
+from .system import run
 
 
 def ip_json(*argv: str) -> list[dict]:
-    return json.loads(run("ip", "-j", *argv).stdout or "[]")
+    return json.loads(run(["ip", "-j", *argv]).stdout or "[]")
 
 
 def ip_batch(commands: list[str]) -> None:
     if commands:
-        proc = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ip -batch: {proc.stderr.strip()}")
+        run(["ip", "-batch", "-"], input="\n".join(commands) + "\n")
 
 
-def apply(config: dict) -> dict:
+def missing_tools() -> dict[str, str]:
+    """What this node's image lacks of what the agent needs: program -> its Debian package."""
+    return {tool: package for tool, package in REQUIRED_TOOLS.items() if shutil.which(tool) is None}
+
+
+def apply(config: Setup) -> SetupReply:
+    missing = missing_tools()
+    if missing:
+        return SetupReply(ok=False, node=config.node, missing=missing,
+                          error=f"the image lacks {', '.join(missing)} (Debian: {', '.join(sorted(set(missing.values())))})")
     actions: list[str] = []
     by_address = {}
     for link in ip_json("addr", "show"):
         for addr in link.get("addr_info", []):
             if addr.get("family") == "inet":
                 by_address[f"{addr['local']}/{addr['prefixlen']}"] = link["ifname"]
-    wanted = {i["address"]: i["name"] for i in config["interfaces"]}
+    wanted = {i.address: i.name for i in config.interfaces}
     missing = [a for a in wanted if a not in by_address]
     if missing:
         raise RuntimeError(f"no interface holds {', '.join(missing)}; have {sorted(by_address)}")
@@ -49,26 +52,26 @@ def apply(config: dict) -> dict:
     actions.extend(f"renamed interface {current} to {name}" for current, name in renames)
     # Without this, captures show super-segments merged by GSO/GRO that never crossed a wire.
     for name in wanted.values():
-        run("ethtool", "-K", name, "gso", "off", "tso", "off", "gro", "off", check=False)
+        run(["ethtool", "-K", name, "gso", "off", "tso", "off", "gro", "off"], check=False)
     # One `ip -batch` for the rest: a process per command would dominate a node's start-up.
     batch = [f"link set dev {name} up" for name in wanted.values()]
     # The engine's default route leads out of the lab: no lab packet may take it.
     if any(route.get("dst") == "default" for route in ip_json("route", "show")):
         batch.append("route del default")
         actions.append("removed the engine's default route")
-    for route in config["routes"]:
-        batch.append(f"route replace {route['to']} via {route['via']} dev {route['dev']}")
-        actions.append(f"route {route['to']} via {route['via']} dev {route['dev']}")
+    for route in config.routes:
+        batch.append(f"route replace {route.to} via {route.via} dev {route.dev}")
+        actions.append(f"route {route.to} via {route.via} dev {route.dev}")
     ip_batch(batch)
-    write_hosts(config.get("hosts", {}))
-    return {"ok": True, "node": config["node"], "actions": actions}
+    write_hosts(Hosts(config.hosts))
+    return SetupReply(node=config.node, actions=tuple(actions))
 
 
 HOSTS_FILE = "/etc/hosts"
 BEGIN, END = "# labctl: lab nodes (begin)", "# labctl: lab nodes (end)"
 
 
-def write_hosts(hosts: dict) -> dict:
+def write_hosts(request: Hosts) -> HostsReply:
     """Every other node by name, at its address on the path from this node.
 
     A block of our own in /etc/hosts, rewritten in place when the lab changes
@@ -78,13 +81,13 @@ def write_hosts(hosts: dict) -> dict:
         lines = fh.read().splitlines()
     if BEGIN in lines and END in lines:
         lines = lines[:lines.index(BEGIN)] + lines[lines.index(END) + 1:]
-    block = [BEGIN, *(f"{address}\t{name}" for name, address in hosts.items()), END]
+    block = [BEGIN, *(f"{address}\t{name}" for name, address in request.hosts.items()), END]
     with open(HOSTS_FILE, "w") as fh:
         fh.write("\n".join(lines + block) + "\n")
-    return {"ok": True, "hosts": len(hosts)}
+    return HostsReply(hosts=len(request.hosts))
 
 
-def inspect() -> dict:
+def inspect() -> Inspection:
     interfaces = []
     for link in ip_json("addr", "show"):
         if link["ifname"] == "lo":
@@ -101,5 +104,5 @@ def inspect() -> dict:
     ]
     from . import impair, loop
 
-    return {"ok": True, "interfaces": interfaces, "routes": routes, "impairments": impair.in_force(),
-            "loop": loop.status()["state"] or None}
+    return Inspection(interfaces=tuple(interfaces), routes=tuple(routes), impairments=tuple(impair.in_force()),
+                      loop=loop.status().state or None)

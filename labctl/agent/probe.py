@@ -7,39 +7,37 @@ node's own namespace, and says what labctl uses when it is missing.
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
+
+from .protocol import ProbeReply
+from .system import tried
+
 
 SCRATCH = "lcprobe0"
 
 
-def sh(*argv: str) -> tuple[bool, str]:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
-
-
 def probe_netem() -> tuple[bool, str]:
-    ok, err = sh("tc", "qdisc", "add", "dev", SCRATCH, "root", "netem", "delay", "1ms")
-    sh("tc", "qdisc", "del", "dev", SCRATCH, "root")
+    ok, err = tried(["tc", "qdisc", "add", "dev", SCRATCH, "root", "netem", "delay", "1ms"])
+    tried(["tc", "qdisc", "del", "dev", SCRATCH, "root"])
     return ok, err
 
 
 def probe_tbf() -> tuple[bool, str]:
-    ok, err = sh("tc", "qdisc", "add", "dev", SCRATCH, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "50ms")
-    sh("tc", "qdisc", "del", "dev", SCRATCH, "root")
+    ok, err = tried(["tc", "qdisc", "add", "dev", SCRATCH, "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "50ms"])
+    tried(["tc", "qdisc", "del", "dev", SCRATCH, "root"])
     return ok, err
 
 
 def probe_ifb() -> tuple[bool, str]:
-    ok, err = sh("ip", "link", "add", "lcprobeifb", "type", "ifb")
-    sh("ip", "link", "del", "lcprobeifb")
+    ok, err = tried(["ip", "link", "add", "lcprobeifb", "type", "ifb"])
+    tried(["ip", "link", "del", "lcprobeifb"])
     return ok, err
 
 
 def _iptables_rule(table: str, chain: str, *rule: str) -> tuple[bool, str]:
-    ok, err = sh("iptables", "-w", "-t", table, "-A", chain, "-o", SCRATCH, *rule)
+    ok, err = tried(["iptables", "-w", "-t", table, "-A", chain, "-o", SCRATCH, *rule])
     if ok:
-        sh("iptables", "-w", "-t", table, "-D", chain, "-o", SCRATCH, *rule)
+        tried(["iptables", "-w", "-t", table, "-D", chain, "-o", SCRATCH, *rule])
     return ok, err
 
 
@@ -66,8 +64,8 @@ def probe_nfqueue() -> tuple[bool, str]:
 
 
 def probe_nft() -> tuple[bool, str]:
-    ok, err = sh("nft", "add", "table", "inet", "lcprobe")
-    sh("nft", "delete", "table", "inet", "lcprobe")
+    ok, err = tried(["nft", "add", "table", "inet", "lcprobe"])
+    tried(["nft", "delete", "table", "inet", "lcprobe"])
     return ok, err
 
 
@@ -80,7 +78,7 @@ def probe_sock_destroy() -> tuple[bool, str]:
     client = socket.create_connection(("127.0.0.1", port))
     server, _ = listener.accept()
     try:
-        ok, err = sh("ss", "-K", "-t", "dst", "127.0.0.1", "dport", "=", f":{port}")
+        ok, err = tried(["ss", "-K", "-t", "dst", "127.0.0.1", "dport", "=", f":{port}"])
         if not ok:
             return False, err
         client.settimeout(1)
@@ -96,7 +94,7 @@ def probe_sock_destroy() -> tuple[bool, str]:
 
 
 def probe_conntrack() -> tuple[bool, str]:
-    return sh("conntrack", "-C")
+    return tried(["conntrack", "-C"])
 
 
 PROBES = {
@@ -112,10 +110,10 @@ PROBES = {
 }
 
 
-def run_all() -> dict:
+def run_all() -> ProbeReply:
     # veth, not dummy: dummy devices are not built into every kernel, veth is (containers need it).
-    sh("ip", "link", "add", SCRATCH, "type", "veth", "peer", "name", SCRATCH + "p")
-    sh("ip", "link", "set", SCRATCH, "up")
+    tried(["ip", "link", "add", SCRATCH, "type", "veth", "peer", "name", SCRATCH + "p"])
+    tried(["ip", "link", "set", SCRATCH, "up"])
     results = {}
     try:
         for key, (probe, what, fallback) in PROBES.items():
@@ -127,5 +125,5 @@ def run_all() -> dict:
             results[key] = {"what": what, "ok": ok, "detail": "" if ok else detail, "fallback": fallback,
                             "seconds": round(time.monotonic() - started, 3)}
     finally:
-        sh("ip", "link", "del", SCRATCH)
-    return {"ok": True, "features": results}
+        tried(["ip", "link", "del", SCRATCH])
+    return ProbeReply(features=results)

@@ -68,6 +68,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 
 from . import nfqueue as nfq
+from .system import write_json
 
 # The mark the daemon puts on the copies it sends, and that the queue rule skips ("LC").
 BYPASS_MARK = 0x4C43
@@ -402,11 +403,7 @@ class Shaper:
         self.want_stats = False
         snap = self.snapshot()
         if self.stats_file:
-            tmp = f"{self.stats_file}.tmp{os.getpid()}"
-            with open(tmp, "w") as fh:
-                json.dump(snap, fh)
-                fh.write("\n")
-            os.replace(tmp, self.stats_file)
+            write_json(self.stats_file, snap)
         return snap
 
     # --- the raw socket -----------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .protocol import SysctlReply, Sysctls
+
 
 def path_of(key: str) -> Path:
     if not key.startswith("net.") or ".." in key or "/" in key:
@@ -11,10 +13,10 @@ def path_of(key: str) -> Path:
     return Path("/proc/sys") / key.replace(".", "/")
 
 
-def apply(values: dict) -> dict:
+def apply(request: Sysctls) -> SysctlReply:
     previous = {}
-    for key, value in values.items():
+    for key, value in request.values.items():
         path = path_of(key)
         previous[key] = path.read_text().strip()
         path.write_text(f"{value}\n")
-    return {"ok": True, "previous": previous}
+    return SysctlReply(previous=previous)

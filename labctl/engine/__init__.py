@@ -2,17 +2,20 @@
 
 Everything above it (API, CLI, model, analysis) sees this interface only,
 so a second engine (say Kubernetes, for classes that outgrow one machine)
-is a new class here and nothing else changes.
+is a package beside ``docker/`` and nothing else changes. What a node is
+told (setup, impairments, the actor) is the engine-neutral ``labctl.nodes``.
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Callable, Mapping, Sequence
 
 from ..plan import LabPlan
+from .tracefs import Tracefs
 
 Progress = Callable[[str], None]
 
@@ -46,9 +49,12 @@ class LinkState:
 
 @dataclass
 class DeployReport:
+    """What a deploy did, by engine object name; ``fresh``: the lab nodes it (re)created."""
+
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)
 
     @property
     def changed(self) -> bool:
@@ -73,7 +79,14 @@ class Stream(ABC):
 
 
 class Engine(ABC):
-    """What labctl needs from a container engine."""
+    """What labctl needs from a container engine.
+
+    A lab's life: ``ensure_image``, ``subnets_in_use``, ``deploy`` (which shapes each
+    node through ``labctl.nodes``), ``destroy`` and the inventory (``labs``, ``nodes``,
+    ``links``). Talking to nodes needs only ``exec``, ``attach``, ``put``/``fetch`` (copy
+    in and out) and ``exec_in_netns``: every agent command goes over those. The rest has
+    plain defaults an engine may improve on (a terminal for ``shell``, host observers).
+    """
 
     name: str
 
@@ -82,6 +95,10 @@ class Engine(ABC):
 
     @abstractmethod
     def ensure_image(self, *, offline: bool = False, rebuild: bool = False, progress: Progress | None = None): ...
+
+    @abstractmethod
+    def image_present(self) -> str | None:
+        """The node image for this code, if it is built."""
 
     @abstractmethod
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
@@ -104,33 +121,57 @@ class Engine(ABC):
     @abstractmethod
     def links(self, lab: str) -> list[LinkState]: ...
 
+    # --- talking to nodes ---------------------------------------------------------------------
+
     @abstractmethod
     def exec(self, lab: str, node: str, argv: Sequence[str], *, stdin: bytes | None = None,
              stream: Callable[[bytes, bool], None] | None = None) -> ExecResult:
         """Run a command in a node. ``stream(chunk, is_stderr)`` gets output as it comes."""
 
     @abstractmethod
-    def shell(self, lab: str, node: str, argv: Sequence[str]) -> int:
-        """Run an interactive command on the caller's terminal; return its exit status."""
-
-    @abstractmethod
     def attach(self, lab: str, node: str, argv: Sequence[str]) -> Stream:
         """Start a command in a node with stdin, stdout and stderr connected to the caller."""
+
+    @abstractmethod
+    def put(self, lab: str, node: str, path: str, archive: bytes) -> None:
+        """Unpack a tar archive at ``path`` in a node (created or running)."""
 
     @abstractmethod
     def fetch(self, lab: str, node: str, path: str) -> bytes | None:
         """A tar archive of a path in a node (running or stopped); None if it does not exist."""
 
     @abstractmethod
-    def set_sysctls(self, lab: str, node: str, values: Mapping[str, str]) -> dict[str, str]:
-        """Set network sysctls in a running node's namespace; return their previous values."""
+    def exec_in_netns(self, lab: str, node: str, argv: Sequence[str]) -> ExecResult:
+        """Run labctl's own agent command in the node's network namespace with its net.* sysctls
+        writable (which the node itself may not write), on the node image."""
 
     @abstractmethod
     def probe(self, image: str, argv: Sequence[str]) -> ExecResult:
         """Run a command in a throwaway node with lab capabilities (for doctor)."""
 
+    # --- with defaults --------------------------------------------------------------------------
+
+    def shell(self, lab: str, node: str, argv: Sequence[str]) -> int:
+        """Run an interactive command on the caller's terminal; return its exit status.
+        Without a terminal of the engine's own: its output passed through."""
+        return self.exec(lab, node, argv, stream=_pass_through).exit_code
+
+    def host_observers(self) -> Tracefs | None:
+        """The kernel observers this engine offers on the nodes' host (tracefs); None: the nodes' own only."""
+        return None
+
+    def set_sysctls(self, lab: str, node: str, values: Mapping[str, str]) -> dict[str, str]:
+        """Set network sysctls in a running node's namespace; return their previous values."""
+        from ..nodes import set_sysctls
+
+        return set_sysctls(self, lab, node, values)
+
+
+def _pass_through(chunk: bytes, is_stderr: bool) -> None:
+    (sys.stderr if is_stderr else sys.stdout).buffer.write(chunk)
+
 
 def default_engine() -> Engine:
-    from .docker_engine import DockerEngine
+    from .docker import DockerEngine
 
     return DockerEngine.connect()

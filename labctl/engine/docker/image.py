@@ -11,12 +11,10 @@ image build itself then needs no network inside containers.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +23,10 @@ from typing import Callable
 import docker
 import docker.errors
 
-from ..errors import EngineError
+from ...errors import EngineError
+from ...nodes import ROOT, agent_files, tar_of
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKER_DIR = ROOT / "docker"
-AGENT_DIR = ROOT / "labctl" / "agent"
 NODE_REPO = "labctl-node"
 BASE_REPO = "labctl-base"
 REGISTRY_BASE = "debian:bookworm-slim"
@@ -58,14 +55,11 @@ def packages() -> list[str]:
 
 def context_files() -> dict[str, bytes]:
     """Files of the build context by their path in it."""
-    files = {
+    return {
         "Dockerfile": (DOCKER_DIR / "Dockerfile").read_bytes(),
         "packages.txt": (DOCKER_DIR / "packages.txt").read_bytes(),
-        "labctl/__init__.py": (ROOT / "labctl" / "__init__.py").read_bytes(),
+        **agent_files(),
     }
-    for path in sorted(AGENT_DIR.rglob("*.py")):
-        files[f"labctl/agent/{path.relative_to(AGENT_DIR).as_posix()}"] = path.read_bytes()
-    return files
 
 
 def content_hash(files: dict[str, bytes], base: str = "") -> str:
@@ -75,24 +69,12 @@ def content_hash(files: dict[str, bytes], base: str = "") -> str:
     return digest.hexdigest()[:12]
 
 
-def context_tar(files: dict[str, bytes]) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size = len(files[name])
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(files[name]))
-    buffer.seek(0)
-    return buffer
-
-
 def expected_tag() -> str:
     """The node image tag for the code in this checkout (base-independent: the base is a build arg)."""
     return f"{NODE_REPO}:{content_hash(context_files())}"
 
 
-def _has_image(client: docker.DockerClient, ref: str) -> bool:
+def has_image(client: docker.DockerClient, ref: str) -> bool:
     try:
         client.images.get(ref)
         return True
@@ -109,7 +91,7 @@ def choose_base(client: docker.DockerClient, offline: bool, progress: Progress) 
     if explicit := os.environ.get("LABCTL_BASE_IMAGE"):
         return explicit, "explicit"
     if not offline:
-        if _has_image(client, REGISTRY_BASE):
+        if has_image(client, REGISTRY_BASE):
             return REGISTRY_BASE, "local"
         progress(f"pulling {REGISTRY_BASE}")
         try:
@@ -119,7 +101,7 @@ def choose_base(client: docker.DockerClient, offline: bool, progress: Progress) 
         except docker.errors.APIError as exc:
             progress(f"cannot pull {REGISTRY_BASE} ({_short(exc)}); using the offline bootstrap")
     tag = offline_base_tag()
-    if _has_image(client, tag):
+    if has_image(client, tag):
         return tag, "offline-bootstrap"
     bootstrap_base(client, tag, progress)
     return tag, "offline-bootstrap"
@@ -178,7 +160,7 @@ def bootstrap_base(client: docker.DockerClient, tag: str, progress: Progress) ->
         with open(tar_path, "rb") as fh:
             client.api.import_image_from_data(fh, repository=repo, tag=version,
                                               changes=['CMD ["sleep", "infinity"]', "ENV LANG=C.UTF-8"])
-    if not _has_image(client, tag):
+    if not has_image(client, tag):
         raise EngineError(f"importing {tag} did not produce an image")
 
 
@@ -186,14 +168,14 @@ def ensure_node_image(client: docker.DockerClient, *, offline: bool = False, reb
                       progress: Progress = _quiet) -> ImageInfo:
     files = context_files()
     tag = f"{NODE_REPO}:{content_hash(files)}"
-    if not rebuild and _has_image(client, tag):
+    if not rebuild and has_image(client, tag):
         image = client.images.get(tag)
         labels = image.labels or {}
         return ImageInfo(tag, labels.get("org.labctl.base", "?"), labels.get("org.labctl.base-kind", "?"), built=False)
     base, kind = choose_base(client, offline, progress)
     progress(f"building {tag} on {base} ({kind})")
     try:
-        for chunk in client.api.build(fileobj=context_tar(files), custom_context=True, tag=tag, rm=True, forcerm=True,
+        for chunk in client.api.build(fileobj=tar_of(files), custom_context=True, tag=tag, rm=True, forcerm=True,
                                       buildargs={"BASE": base}, decode=True,
                                       labels={"org.labctl.owner": "labctl", "org.labctl.base": base, "org.labctl.base-kind": kind}):
             if "error" in chunk:

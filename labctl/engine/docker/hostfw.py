@@ -1,0 +1,61 @@
+"""Let frames cross a lab bridge even when the host filters bridged traffic.
+
+With br_netfilter on (net.bridge.bridge-nf-call-iptables=1, common on
+Docker hosts), bridged frames go through the host's FORWARD chain, where
+Docker's isolation rules for internal networks drop every packet whose
+source or destination lies outside the bridge's own subnet. Routed lab
+traffic always has such an address (the client talks to the server's
+subnet across the client's link), so without this rule no packet would
+cross a router. DOCKER-USER is the chain Docker keeps for the operator's
+own rules. The rule matches only frames being bridged (physdev), and only
+on labctl's bridges, so nothing routed through the host is let through.
+
+One shell script does it, run by ``sh`` on the engine's own host when labctl
+runs there as root (milliseconds), or else in a short-lived helper container
+on the host's network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from typing import Callable
+
+from .labels import BRIDGE_PREFIX
+
+RULE = ["-m", "physdev", "--physdev-is-bridged", "-i", f"{BRIDGE_PREFIX}+", "-o", f"{BRIDGE_PREFIX}+",
+        "-m", "comment", "--comment", "labctl: frames bridged within a lab link", "-j", "ACCEPT"]
+
+
+def script() -> str:
+    """Prints one line per backend and chain: ``TOOL CHAIN: rule added`` or ``... rule present``."""
+    rule = " ".join(shlex.quote(word) for word in RULE)
+    # Also at the top of FORWARD itself: when Docker creates a network it takes the jump to
+    # DOCKER-USER out and puts it back on top, and frames crossing in between would meet
+    # the isolation rules alone.
+    return ("set -e\n"
+            "for tool in iptables-nft iptables-legacy; do\n"
+            "  command -v $tool >/dev/null || continue\n"
+            "  $tool -w -S DOCKER-USER >/dev/null 2>&1 || continue  # this backend holds no Docker chains\n"
+            "  for chain in DOCKER-USER FORWARD; do\n"
+            f"    if $tool -w -C $chain {rule} 2>/dev/null; then echo \"$tool $chain: rule present\"\n"
+            f"    else $tool -w -I $chain 1 {rule}; echo \"$tool $chain: rule added\"; fi\n"
+            "  done\n"
+            "done\n")
+
+
+def can_run_here(engine_is_local: bool) -> bool:
+    return engine_is_local and os.geteuid() == 0 and shutil.which("iptables") is not None
+
+
+def run_here() -> list[str] | None:
+    """The script on this host; None when it could not run here (then a helper must)."""
+    proc = subprocess.run(["sh", "-c", script()], capture_output=True, text=True)
+    return proc.stdout.splitlines() if proc.returncode == 0 else None
+
+
+def report(actions: list[str], progress: Callable[[str], None]) -> None:
+    if any("added" in a for a in actions):
+        progress("allowed bridged frames on lab bridges in the host's DOCKER-USER chain")

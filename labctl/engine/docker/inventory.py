@@ -1,0 +1,62 @@
+"""What the engine holds for labctl, read from labels: labs, their nodes and links."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+from typing import Mapping
+
+import docker
+
+from ...errors import EngineError, UserError
+from .. import LinkState, NodeState
+from .labels import LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_SOURCE, LABEL_SPEC, of_lab
+
+
+class Inventory:
+    def __init__(self, client: docker.DockerClient):
+        self.client = client
+
+    def networks(self, lab: str | None) -> list:
+        return self.client.networks.list(filters={"label": of_lab(lab)})
+
+    def containers(self, lab: str | None) -> list:
+        return self.client.containers.list(all=True, filters={"label": of_lab(lab)}, sparse=False, ignore_removed=True)
+
+    def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
+        used: dict[IPv4Network, str] = {}
+        for net in self.client.networks.list():
+            labels = net.attrs.get("Labels") or {}
+            if exclude_lab and labels.get(LABEL_LAB) == exclude_lab:
+                continue
+            for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
+                subnet = pool.get("Subnet", "")
+                if subnet and ":" not in subnet:
+                    used[IPv4Network(subnet, strict=False)] = net.name
+        return used
+
+    def labs(self) -> list[str]:
+        names = {c.labels.get(LABEL_LAB) for c in self.containers(None)}
+        names |= {(n.attrs.get("Labels") or {}).get(LABEL_LAB) for n in self.networks(None)}
+        return sorted(n for n in names if n and not n.startswith("__"))
+
+    def nodes(self, lab: str) -> list[NodeState]:
+        return sorted((NodeState(lab, c.labels.get(LABEL_NODE, "?"), c.name, c.status,
+                                 (c.attrs.get("Config") or {}).get("Image", ""), c.labels.get(LABEL_SPEC, ""),
+                                 c.labels.get(LABEL_SOURCE, ""))
+                       for c in self.containers(lab)), key=lambda n: n.node)
+
+    def links(self, lab: str) -> list[LinkState]:
+        result = []
+        for net in self.networks(lab):
+            config = ((net.attrs.get("IPAM") or {}).get("Config") or [{}])[0]
+            result.append(LinkState(lab, (net.attrs.get("Labels") or {}).get(LABEL_LINK, "?"), net.name,
+                                    config.get("Subnet", ""), config.get("Gateway", "")))
+        return sorted(result, key=lambda l: l.link)
+
+    def container_id(self, lab: str, node: str, running: bool = True) -> str:
+        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={lab}", f"{LABEL_NODE}={node}"]})
+        if not found:
+            raise UserError(f"lab '{lab}' has no node '{node}' up", hint=f"see `labctl status {lab}`")
+        if running and found[0].status != "running":
+            raise EngineError(f"node {node} of lab {lab} is {found[0].status}, not running", hint=f"run `labctl up {lab}` again")
+        return found[0].id
