@@ -379,7 +379,7 @@ def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, 
     The node image is the one ``up`` would use; it is built now when missing (``build``).
     Without a reachable engine the file still comes out, naming the image to build.
     """
-    from .engine.image import expected_tag
+    from .engine.docker.image import expected_tag
     from .export import compose
 
     loaded = load_lab(ref, params)

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labctl.engine.docker_engine import bridge_name
+from labctl.agent import protocol
+from labctl.engine.docker import hostfw
+from labctl.engine.docker.labels import bridge_name, container_name, network_name
 from labctl.export import compose
 from labctl.loader import load_lab
 from labctl.plan import plan_lab
@@ -48,7 +50,7 @@ def test_nodes_carry_the_labels_the_engine_gives_its_own_nodes():
         assert service["labels"] == {"org.labctl.owner": "labctl", "org.labctl.lab": "teardown", "org.labctl.node": node.name,
                                      "org.labctl.spec": node.spec_hash(IMAGE), "org.labctl.source": plan.source,
                                      "org.labctl.role": node.role}
-        assert service["container_name"] == node.container
+        assert service["container_name"] == container_name(plan.lab, node.name)
         assert service["image"] == IMAGE
         assert service["cap_add"] == ["NET_ADMIN", "NET_RAW"]
         assert "privileged" not in service
@@ -61,10 +63,10 @@ def test_networks_are_internal_with_the_plans_subnet_gateway_and_bridge():
     networks = rendered_teardown()["networks"]
     for link in plan.links:
         network = networks[link.name]
-        assert network["name"] == link.network
+        assert network["name"] == network_name(plan.lab, link.name)
         assert network["internal"] is True
-        assert network["ipam"]["config"] == [{"subnet": str(link.subnet), "gateway": str(link.gateway)}]
-        assert network["driver_opts"]["com.docker.network.bridge.name"] == bridge_name(link.network)
+        assert network["ipam"]["config"] == [{"subnet": str(link.subnet), "gateway": str(link.reserved)}]
+        assert network["driver_opts"]["com.docker.network.bridge.name"] == bridge_name(network_name(plan.lab, link.name))
         assert network["labels"]["org.labctl.spec"] == link.spec_hash()
         assert network["labels"]["org.labctl.link"] == link.name
 
@@ -74,16 +76,16 @@ def test_a_node_starts_with_the_agents_own_setup_of_its_plan():
     client = rendered_teardown()["services"]["client"]
     shell, flag, script, name, setup = client["command"]
     assert (shell, flag, name) == ("sh", "-c", "client")
-    assert script.startswith('python3 -m labctl.agent setup "$$1"')  # $$: Compose's literal $
+    assert script.startswith(" ".join(protocol.command_line("setup")) + ' "$$1"')  # $$: Compose's literal $
     assert script.endswith("exec sleep infinity")
-    assert json.loads(setup) == plan.node("client").setup()
+    assert json.loads(setup) == plan.node("client").setup().to_json()
 
 
 def test_the_host_firewall_service_runs_the_agents_rule_on_the_host_network_before_the_nodes():
     services = rendered_teardown()["services"]
     firewall = services[compose.HOST_FIREWALL_SERVICE]
     assert firewall["network_mode"] == "host"
-    assert firewall["command"] == ["python3", "-m", "labctl.agent", "host-bridge-accept"]
+    assert firewall["command"] == ["sh", "-c", hostfw.script().replace("$", "$$")]  # the engine's own script
     assert firewall["labels"]["org.labctl.lab"] == "__host__"  # never taken for a node of the lab
     for name in ("client", "router", "server"):
         assert services[name]["depends_on"] == {compose.HOST_FIREWALL_SERVICE: {"condition": "service_completed_successfully"}}
@@ -207,8 +209,7 @@ def _compose(directory: Path, *argv: str) -> subprocess.CompletedProcess:
 
 def _remove_host_rule() -> None:
     """Take labctl's host rule out, so the test sees the exported service put it back."""
-    from labctl.agent.hostfw import RULE
-
+    RULE = hostfw.RULE
     for tool in ("iptables-nft", "iptables-legacy"):
         for chain in ("DOCKER-USER", "FORWARD"):
             while subprocess.run([tool, "-w", "-C", chain, *RULE], capture_output=True).returncode == 0:
@@ -229,8 +230,6 @@ def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
 
 @pytest.mark.engine
 def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node_image, tmp_path):
-    from labctl.agent import hostfw
-
     project = tmp_path / "teardown-compose"
     engine.destroy("teardown")  # as the other teardown tests do: its subnets and names are fixed
     if not Path("/sys/kernel/tracing/events").is_dir():
@@ -273,7 +272,7 @@ def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node
         assert after == before  # used as it was: nothing torn down and recreated
     finally:
         down = _compose(project, "down")
-        hostfw.ensure()  # whatever happened above, the host keeps its rule for the other labs
+        hostfw.run_here()  # whatever happened above, the host keeps its rule for the other labs
     assert down.returncode == 0, down.stderr
     assert lab_objects(engine, "teardown") == []
     assert engine.client.containers.list(all=True, filters={"label": "com.docker.compose.project=labctl-teardown"}) == []

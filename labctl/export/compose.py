@@ -23,23 +23,27 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
-from ..engine.docker_engine import AGENT, CAPABILITIES, LABEL_ROLE, bridge_name
-from ..engine.image import context_files
+from ..agent import protocol
+from ..engine.docker import hostfw
+from ..engine.docker.deploy import CAPABILITIES
+from ..engine.docker.labels import (LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, OWNER,
+                                    bridge_name, container_name, helper, network_name)
 from ..errors import Location, UserError
-from ..plan import LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_SOURCE, LABEL_SPEC, OWNER, LabPlan, NodePlan
+from ..nodes import agent_files
+from ..plan import LabPlan, NodePlan
 
 TEMPLATE_SUFFIX = ".j2"
 # `dot-env.j2` renders to `.env`: a template directory without hidden files.
 DOT_PREFIX = "dot-"
 MAIN_TEMPLATE = "compose.yaml.j2"
 HOST_FIREWALL_SERVICE = "labctl-host-firewall"
-AGENT_MOUNT = "/opt/labctl"
+AGENT_MOUNT = protocol.AGENT_HOME
 AGENT_DIR = "labctl-agent"  # beside compose.yaml, for nodes on an image of their own
 READY_FILE = "/run/labctl-ready"
 # The node's main process: the agent's setup with the node's plan, then stay alive as labctl's
 # nodes do. Docker attaches every network before it starts the command. Compose would read
 # `$` as its own variables: `$$` is a literal `$` there (the quote filter doubles them).
-STARTUP = f'{{agent}} setup "$1" || exit 1; touch {READY_FILE}; exec sleep infinity'
+STARTUP = f'{{setup}} "$1" || exit 1; touch {READY_FILE}; exec sleep infinity'
 
 
 class TemplateError(UserError):
@@ -68,10 +72,10 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
     links = [{
         "name": link.name,
         "key": link.name,
-        "network": link.network,
-        "bridge": bridge_name(link.network),
+        "network": network_name(plan.lab, link.name),
+        "bridge": bridge_name(network_name(plan.lab, link.name)),
         "subnet": str(link.subnet),
-        "gateway": str(link.gateway),
+        "gateway": str(link.reserved),
         "endpoints": list(link.endpoints),
         "labels": {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash()},
     } for link in plan.links]
@@ -90,10 +94,10 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
         "host_firewall": {
             "service": HOST_FIREWALL_SERVICE,
             "image": image,
-            "command": [*AGENT, "host-bridge-accept"],
+            "command": ["sh", "-c", hostfw.script()],
             "capabilities": ["NET_ADMIN"],
             # As the engine labels its own host-firewall helper: not a node of any lab.
-            "labels": {LABEL_OWNER: OWNER, LABEL_LAB: "__host__", LABEL_ROLE: "host-firewall"},
+            "labels": helper("host-firewall"),
         },
         "ready_file": READY_FILE,
     }
@@ -101,11 +105,11 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
 
 def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
     own_image = node.image is not None
-    agent = " ".join((["env", f"PYTHONPATH={AGENT_MOUNT}"] if own_image else []) + AGENT)
+    setup = json.dumps(node.setup().to_json(), sort_keys=True)
     return {
         "name": node.name,
         "service": node.name,
-        "container": node.container,
+        "container": container_name(plan.lab, node.name),
         "hostname": node.name,
         "role": node.role,
         "image": node.image or image,
@@ -117,15 +121,10 @@ def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
         # The labels the engine gives its own nodes: the spec hash is what `up` and `run` compare.
         "labels": {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image),
                    LABEL_SOURCE: plan.source, LABEL_ROLE: node.role},
-        "setup": node.setup(),
-        "command": ["sh", "-c", STARTUP.format(agent=agent), node.name, json.dumps(node.setup(), sort_keys=True)],
+        "setup": node.setup().to_json(),
+        "command": ["sh", "-c", STARTUP.format(setup=" ".join(protocol.command_line("setup"))), node.name, setup],
         "healthcheck": ["CMD", "test", "-e", READY_FILE],
     }
-
-
-def agent_files() -> dict[str, bytes]:
-    """The agent's code as the node image holds it (for nodes on an image of their own)."""
-    return {name: data for name, data in context_files().items() if name.startswith("labctl/")}
 
 
 def render(context: Mapping[str, Any], templates: Path | None = None) -> Rendered:
