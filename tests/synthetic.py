@@ -46,6 +46,7 @@ class Run:
     rules: list = field(default_factory=list)
     expect: list = field(default_factory=list)
     status: str = "complete"
+    observers: dict = field(default_factory=lambda: {"tracepoints": True})
 
     def packet(self, sender: str, flags: str, seq: int, ack: int, data: bytes, ip_id: int, window: int, wscale: int | None,
                seq_absolute: bool = False) -> bytes:
@@ -98,6 +99,15 @@ class Run:
         self.states.append({"t": T0 + t / 1000, "event": "state", "state": "TIME_WAIT", "local": local, "remote": remote,
                             "timer": "time_wait", "expires_ms": 59990, "node": node, "source": "sample"})
 
+    def sample(self, t: float, node: str, state: str, *, event: str = "state", timewait: bool = False, expires_ms: int | None = None) -> None:
+        """What the sampler writes: a socket seen in a state (or gone), ``t`` ms after T0."""
+        local, remote = (f"10.250.1.1:{self.client_port}", f"10.250.2.10:{self.server_port}")
+        if node == "server":
+            local, remote = remote, local
+        self.states.append({"t": T0 + t / 1000, "event": event, "state": state, "local": local, "remote": remote,
+                            "timer": "time_wait" if timewait else None, "timewait": timewait, "expires_ms": expires_ms,
+                            "cookie": 7, "node": node, "source": "sample"})
+
     def step(self, t: float, kind: str, node: str | None, args: dict | str | None = None, *, name: str | None = None,
              ok: bool = True, errno: str | None = None, result: dict | None = None, duration: float = 0.2) -> None:
         index = len(self.steps)
@@ -124,7 +134,7 @@ class Run:
         times = [when for records in self.records.values() for when, _ in records] + [s["t_end"] for s in self.steps]
         run = {"schema_version": 1, "labctl_version": "test", "lab": "synth", "scenario": self.name, "label": self.name,
                "description": f"synthetic {self.name}", "params": {}, "matrix_point": {}, "status": self.status, "reason": None,
-               "started": T0, "ended": max(times, default=T0) + 0.1, "host": {"kernel": "synthetic"}, "observers": {"tracepoints": True},
+               "started": T0, "ended": max(times, default=T0) + 0.1, "host": {"kernel": "synthetic"}, "observers": self.observers,
                "nodes": NODES, "links": LINKS, "steps": [], "expect": self.expect, "impairments": []}
         (directory / "run.json").write_text(json.dumps(run))
         for name, records in (("states.jsonl", self.states), ("steps.jsonl", self.steps), ("rules.jsonl", self.rules)):

@@ -76,7 +76,9 @@ class Sampler(threading.Thread):
                     for key, sock in seen.items():
                         self.seen_states.setdefault((*key, sock["state"]), sock)
                         before = self.current.get(key)
-                        if before is None or before["state"] != sock["state"]:
+                        # A full socket handed to its timewait socket keeps its cookie and may keep its
+                        # state (an orphan's FIN_WAIT2): the handoff is a change worth a line too.
+                        if before is None or (before["state"], before.get("timewait")) != (sock["state"], sock.get("timewait")):
                             out.write(json.dumps({"t": now, "event": "state", **sock}) + "\n")
                     for key, sock in self.current.items():
                         if key not in seen:

@@ -3,6 +3,13 @@
 The same netlink dump `ss` uses, without starting a process per sample, so
 a node can be sampled every few milliseconds. TIME_WAIT sockets come with
 their remaining timer (idiag_timer 3, idiag_expires in ms).
+
+A closing connection handed to a timewait socket is dumped with that socket's
+*substate* as its state (inet_twsk_diag_fill: idiag_state = tw_substate): TIME_WAIT,
+or FIN_WAIT2 for an orphan that waits out tcp_fin_timeout there (`ss` shows
+FIN-WAIT-2). Only timewait sockets carry timer 3, so ``timewait`` tells such a
+FIN_WAIT2 from a full socket's, which the analysis needs: the full socket's
+tracepoint reads FIN_WAIT2 -> CLOSE at the handoff, while the connection lives on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE",
           8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 TIMERS = {0: None, 1: "retransmit", 2: "keepalive", 3: "time_wait", 4: "probe"}
+TIMEWAIT_TIMER = 3  # only timewait sockets report it (inet_twsk_diag_fill)
 ALL_STATES = 0xFFFFFFFF
 
 _HDR = struct.Struct("=IHHII")
@@ -39,6 +47,7 @@ def parse_socket(body: bytes) -> dict:
         "local": f"{socket.inet_ntoa(src[:4])}:{int.from_bytes(sport, 'big')}",
         "remote": f"{socket.inet_ntoa(dst[:4])}:{int.from_bytes(dport, 'big')}",
         "timer": TIMERS.get(timer, str(timer)),
+        "timewait": timer == TIMEWAIT_TIMER,
         "expires_ms": expires,
         "retrans": retrans,
         "rqueue": rqueue,

@@ -27,7 +27,7 @@ class RunView:
         self.run = read_json(run_dir / "run.json")
         self.nodes: dict = self.run["nodes"]
         self.segments, self.connections = load_segments(run_dir, self.nodes)
-        self.timelines = load_timelines(run_dir)
+        self.timelines = load_timelines(run_dir, self.segments, self.nodes)
         self.steps = [r for r in read_jsonl(run_dir / "steps.jsonl") if "index" in r]
         done = {r.get("name"): r for r in read_jsonl(run_dir / "steps.jsonl") if r.get("event") == "done"}
         # A background step's outcome arrives later: its final record replaces the "started" one.

@@ -26,7 +26,7 @@ from ..analyze.verdicts import RunView
 from ..errors import UserError
 from ..rundir import read_json
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -98,6 +98,9 @@ class Band:
     end: float | None  # None: still in it when the run ended
     source: str
     timer_ms: int | None = None
+    sources: tuple[str, ...] = ()  # every source that saw the transition into this state
+    why: str | None = None  # from a capture: the segment that made it
+    before: bool = False  # entered at an unknown time at or before ``start``
 
     @property
     def duration(self) -> float | None:
@@ -112,6 +115,9 @@ class SocketRow:
     remote: str
     connection: str | None
     bands: list[Band]
+    disagreements: list[str] = field(default_factory=list)  # where its sources tell different stories, in words
+    disagreement_data: list[dict] = field(default_factory=list)  # the same, structured (times since t0)
+    observed_by: tuple[str, ...] = ()
 
     @property
     def states(self) -> list[str]:
@@ -352,7 +358,8 @@ def _socket_row(i: int, tl: SocketTimeline, timeline: Timeline, t0: float, conne
     bands = []
     for j, transition in enumerate(tl.transitions):
         after = tl.transitions[j + 1].t - t0 if j + 1 < len(tl.transitions) else None
-        bands.append(Band(transition.state, transition.t - t0, after, transition.source, transition.timer_ms))
+        bands.append(Band(transition.state, transition.t - t0, after, transition.source, transition.timer_ms, transition.sources,
+                          transition.why, transition.before))
     connection = None
     start = tl.transitions[0].t if tl.transitions else 0.0
     local, remote = tl.local, tl.remote
@@ -363,7 +370,9 @@ def _socket_row(i: int, tl: SocketTimeline, timeline: Timeline, t0: float, conne
             best = c
     if best is not None:
         connection = connection_ids[(best.name, best.incarnation)]
-    return SocketRow(f"k{i + 1}", tl.node, local, remote, connection, bands)
+    return SocketRow(f"k{i + 1}", tl.node, local, remote, connection, bands, [d.describe(t0) for d in tl.disagreements],
+                     [{"state": d.state, "why": d.why, "at": {k: None if v is None else round(v - t0, 6) for k, v in d.at.items()}}
+                      for d in tl.disagreements], tl.observed_by)
 
 
 def _lanes(timeline: Timeline) -> list[Lane]:
@@ -452,10 +461,14 @@ def _notes(timeline: Timeline) -> list[str]:
     if run.get("status") != "complete":
         notes.append(f"the run is {run.get('status')}: {run.get('reason') or 'no reason recorded'}; what it collected is shown")
     observers = run.get("observers") or {}
+    capturing = {n for n, _ in timeline.captures}
     if observers and not observers.get("tracepoints"):
         notes.append("kernel tracepoints were unavailable" + (f" ({observers['tracepoints_unavailable']})" if observers.get("tracepoints_unavailable") else "")
-                     + ": TCP states come from sampling alone, to within a sample interval")
-    capturing = {n for n, _ in timeline.captures}
+                     + ": TCP states come from each endpoint's capture (exact to the packet) where there is one, "
+                     + "and from sampling (to within a sample interval)")
+    for k, tl in enumerate(timeline.sockets):
+        for d in tl.disagreements:
+            notes.append(f"sources disagree on {tl.node} {tl.local} > {tl.remote} (k{k + 1}): {d.describe(timeline.t0)}")
     missing = [n for n in timeline.nodes if n not in capturing]
     if missing:
         notes.append(f"no capture from {', '.join(missing)}: what happened there is inferred from the other captures")
