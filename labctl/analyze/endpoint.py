@@ -132,8 +132,11 @@ def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: s
         group.sort(key=lambda m: m.incarnation)
         for old, new in zip(group, group[1:]):
             if old.state == "TIME_WAIT" and new.transitions:
+                # A SYN it received ends it then (RFC 6191, or the ISN rule); a connect() of our own
+                # could use the 4-tuple only once it was gone (or reused with tcp_tw_reuse): at or before.
+                ours = new.transitions[0].state == "SYN_SENT"
                 old.transitions.append(CaptureTransition(new.first, "CLOSED", "the 4-tuple was taken by a new connection",
-                                                         new.transitions[0].transmission))
+                                                         new.transitions[0].transmission, before=ours))
     return [m for m in machines.values() if m.transitions]
 
 

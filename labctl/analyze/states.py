@@ -213,12 +213,20 @@ def _merge(key: tuple, traced: list[dict], sampled: list[dict]) -> list[SocketTi
                                                 at={"tracepoint": transitions[entry].t, "sample": sample["t"]})
             else:
                 transitions.append(Transition(sample["t"], state, "sample", sample.get("expires_ms") if state == "TIME_WAIT" else None))
-            gone = next((r for r in sampled if r["t"] > sample["t"] and r.get("event") == "gone"), None)
+            gone = next((r for r in sampled if r["t"] > sample["t"] and r.get("event") == "gone"
+                         and r.get("cookie") == sample.get("cookie")), None)
             if gone is not None and not any(t.state == "CLOSED" and t.source == "sample" and t.t == gone["t"] for t in transitions):
                 transitions.append(Transition(gone["t"], "CLOSED", "sample"))
         transitions.sort(key=lambda t: t.t)
         _orphans_kept(transitions, sampled)
     else:
+        # One socket per cookie (a timewait socket keeps its full socket's cookie): a new cookie on
+        # the same 4-tuple is a new connection, whose samples interleave with the old one's "gone".
+        by_cookie: dict = {}
+        for record in sampled:
+            by_cookie.setdefault(record.get("cookie"), []).append(record)
+        if len(by_cookie) > 1:
+            return [timeline for records in by_cookie.values() for timeline in _merge(key, [], records)]
         for record in sampled:
             state = "CLOSED" if record.get("event") == "gone" else normal(record["state"])
             timer = record.get("expires_ms") if state == "TIME_WAIT" else None
@@ -357,6 +365,11 @@ def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], inte
         kernel_t = a.at["tracepoint"]
         if a.state == "SYN_RECV" and b.t < kernel_t:
             t = b.t  # the request socket existed from the SYN; the tracepoint fires for the full socket at the ACK
+        elif a.state == "TIME_WAIT" and not b.before and b.t > kernel_t + endpoint.CAPTURE_PRECISION:
+            # The full socket's CLOSE was its handoff to a timewait socket in substate FIN_WAIT2 (an
+            # orphan); TIME_WAIT began when the peer's FIN came, as the capture shows.
+            t = b.t
+            sources = tuple(s for s in sources if s != "tracepoint")
         elif b.before:
             if kernel_t > b.t + endpoint.CAPTURE_PRECISION:
                 disagreements.append(Disagreement(a.state, {"tracepoint": kernel_t, "capture": b.t},
