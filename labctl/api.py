@@ -402,3 +402,54 @@ def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, 
     directory = Path(output) if output is not None else Path(f"{loaded.lab.name}-compose")
     files = compose.write(rendered, directory, context)
     return ComposeExport(directory, files, image, state, rendered.templates)
+
+
+# --- live captures -----------------------------------------------------------------------------
+
+# tcpdump in the node, ended when labctl's end of the stream goes away (Ctrl-C, the reader of a
+# pipe quitting): the exec's stdin then closes, and the watcher kills tcpdump, so no capture is
+# left running in the node. With -c, tcpdump ends by itself and so does the exec.
+# (A background job's stdin is /dev/null unless redirected: hence fd 3.)
+_CAPTURE = ('exec 3<&0; tcpdump "$@" & t=$!; (cat <&3 >/dev/null; kill $t 2>/dev/null) >/dev/null 2>&1 & w=$!; '
+            'exec 3<&-; wait $t; s=$?; kill $w 2>/dev/null; exit $s')
+
+
+def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: Callable[[bytes], None],
+            pcap: bool = True, count: int | None = None, bpf: Sequence[str] = (),
+            on_stderr: Callable[[bytes], None] | None = None, engine: Engine | None = None) -> int:
+    """A live capture on a node's interface (``None``: its only lab interface, else ``any``).
+
+    ``pcap``: the capture file as tcpdump writes it (``-U -w -``: each packet as it comes), so
+    ``sink`` can feed Wireshark or tshark directly; otherwise tcpdump's text, line by line.
+    Runs until ``count`` packets, the node going away, or the caller's KeyboardInterrupt
+    (after which the capture in the node is stopped too). Returns tcpdump's exit status.
+    """
+    import json
+
+    engine = engine or default_engine()
+    name = lab_name(lab)
+    inspected = engine.exec(name, node, ["python3", "-m", "labctl.agent", "inspect"])
+    if inspected.exit_code != 0:
+        raise UserError(f"cannot list the interfaces of {node}: {inspected.stderr.strip()[-300:]}")
+    interfaces = [i["name"] for i in json.loads(inspected.stdout)["interfaces"]]
+    if interface is None:
+        interface = interfaces[0] if len(interfaces) == 1 else "any"
+    elif interface not in interfaces and interface != "any":
+        raise UserError(f"node {node} of lab {name} has no interface '{interface}'",
+                        hint=f"its interfaces: {', '.join(interfaces)} (or any)")
+    args = ["-i", interface, "-n", "-s", "0", "--immediate-mode"]
+    args += ["-U", "-w", "-"] if pcap else ["-l"]
+    if count is not None:
+        args += ["-c", str(count)]
+    stream = engine.attach(name, node, ["sh", "-c", _CAPTURE, "sh", *args, *bpf])
+    try:
+        while (chunk := stream.read()) is not None:
+            kind, data = chunk
+            if kind == 1:
+                sink(data)
+            elif on_stderr:
+                on_stderr(data)
+    finally:
+        stream.close()
+    code = stream.exit_code()
+    return code if code is not None else 0

@@ -327,6 +327,55 @@ def shell(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Arg
     raise typer.Exit(api.shell(lab, node, [command]))
 
 
+class _ReaderGone(Exception):
+    """The process reading a capture from our stdout has quit."""
+
+
+@app.command()
+def capture(lab: str = typer.Argument(..., help="The lab."),
+            target: str = typer.Argument(..., metavar="NODE[:IFACE]", help="A node, and one of its interfaces (default: its only one, else any)."),
+            write: Optional[str] = typer.Option(None, "--write", "-w", help="Write pcap to this file, or - for stdout (for Wireshark or tshark)."),
+            count: Optional[int] = typer.Option(None, "--count", "-c", min=1, help="Stop after this many packets."),
+            bpf: Optional[List[str]] = typer.Argument(None, help="A capture filter (tcpdump syntax), e.g. tcp port 5000.")) -> None:
+    """Capture live on a node's interface: text, or pcap as it comes (-w FILE or -w -).
+
+    Example: labctl capture teardown router:right -w - | wireshark -k -i -
+    """
+    node, _, iface = target.partition(":")
+    if write == "-" and sys.stdout.isatty():
+        raise UserError("not writing a binary capture to a terminal", hint="pipe it (-w - | wireshark -k -i -), or -w FILE")
+    if write is None:
+        def sink(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    elif write == "-":
+        def sink(data: bytes) -> None:
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise _ReaderGone from None  # the reader quit (wireshark closed): stop the capture in the node
+    else:
+        handle = open(write, "wb")
+
+        def sink(data: bytes) -> None:
+            handle.write(data)
+            handle.flush()
+
+    def on_stderr(data: bytes) -> None:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+
+    try:
+        code = api.capture(lab, node, iface or None, sink=sink, pcap=write is not None, count=count, bpf=bpf or [], on_stderr=on_stderr)
+    except _ReaderGone:
+        code = 0
+    finally:
+        if write not in (None, "-"):
+            handle.close()
+    raise typer.Exit(code)
+
+
 @app.command()
 def labs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the built-in labs (and those on $LABCTL_LABS_PATH)."""
