@@ -35,8 +35,12 @@ def _labctl(*argv: str, **kwargs) -> subprocess.Popen:
 
 def _live(capture: subprocess.Popen) -> None:
     """Until tcpdump in the node says it listens (its stderr comes through labctl's)."""
-    line = capture.stderr.readline().decode()
-    assert "listening on" in line, line + capture.stderr.read().decode()
+    seen = []
+    while line := capture.stderr.readline().decode():
+        seen.append(line)
+        if "listening on" in line:
+            return
+    raise AssertionError("".join(seen))
 
 
 def _tcpdumps(engine, lab: str, node: str) -> str:

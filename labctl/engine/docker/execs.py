@@ -39,6 +39,9 @@ class DockerStream(Stream):
         self.exec_id = exec_id
         self.sock = sock
         self.raw = getattr(sock, "_sock", sock)
+        # A stream is a long-lived line (an actor, a live capture): silence is no error, so the
+        # client's request timeout (120 s) must not end it. close() still ends a blocked read.
+        self.raw.settimeout(None)
 
     def write(self, data: bytes) -> None:
         self.raw.sendall(data)
