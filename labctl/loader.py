@@ -754,124 +754,28 @@ def _scenario_head(text: str, path: Path) -> tuple[dict, SourceMap]:
 
 
 def check_scenario(one: LoadedScenario, loaded: LoadedLab) -> None:
-    """Names a scenario uses must exist: nodes in the lab, sockets and rules defined by earlier steps."""
+    """Names a scenario uses must exist: nodes in the lab, sockets and rules defined by earlier steps.
+
+    What each step or expectation needs is its kind's business (``labctl.steps``, ``labctl.expectations``).
+    """
+    from .expectations import EXPECTATION_KINDS
+    from .steps import STEP_KINDS, Names
+
     lab = loaded.lab
-    sockets: dict[str, str] = {}  # name -> node
-    rules: dict[str, tuple[str, str]] = {}  # name -> (node, action)
-    steps: dict[str, Any] = {}
-
-    def known_endpoint(value: str | None, where: FieldPath) -> None:
-        if value is None or value in lab.nodes:
-            return
-        try:
-            IPv4Address(value)
-        except ValueError:
-            raise one.error(where, f"'{value}' is neither a node of lab '{lab.name}' nor an IPv4 address",
-                            hint=f"nodes: {', '.join(lab.nodes)}") from None
-
-    def socket(name: str, node: str | None, where: FieldPath) -> None:
-        if name not in sockets:
-            raise one.error(where, f"no socket named '{name}' was made by an earlier step", hint="name it with `as:` on listen, connect or accept")
-        if sockets[name] != node:
-            raise one.error(where, f"socket '{name}' belongs to node '{sockets[name]}', not '{node}'")
-
+    names = Names(lab, one.error)
     for i, step in enumerate(one.scenario.steps):
         here: FieldPath = ("steps", i)
-        kind, action = step.kind, step.action
+        kind = STEP_KINDS[step.kind]
         if step.node is not None and step.node not in lab.nodes:
             raise one.error((*here, "node"), f"unknown node '{step.node}'", hint=f"nodes: {', '.join(lab.nodes)}")
-        if kind in ("listen", "connect", "accept") and not step.as_:
-            raise one.error(here, f"a {kind} step needs `as:` to name its socket")
-        if kind == "accept":
-            socket(action if isinstance(action, str) else action.sock, step.node, (*here, "accept"))
-        elif kind in ("send", "recv", "shutdown", "setsockopt"):
-            socket(action.sock, step.node, (*here, kind, "sock"))
-        elif kind == "close":
-            socket(action, step.node, (*here, "close"))
-        elif kind == "connect":
-            known_endpoint(action.to, (*here, "connect", "to"))
-        elif kind == "rule":
-            known_endpoint(action.from_, (*here, "rule", "from"))
-            known_endpoint(action.to, (*here, "rule", "to"))
-            if action.after:
-                known_endpoint(action.after.from_, (*here, "rule", "after", "from"))
-                known_endpoint(action.after.to, (*here, "rule", "after", "to"))
-            if action.action == "delay" and action.delay is None:
-                raise one.error((*here, "rule"), "a delay rule needs `delay:`")
-            if step.as_:
-                rules[step.as_] = (step.node, action.action)
-        elif kind in ("unrule", "release"):
-            name = action if kind == "unrule" else action.rule
-            if name not in rules:
-                raise one.error((*here, kind), f"no rule named '{name}' was made by an earlier step")
-            if kind == "release" and rules[name][1] != "hold":
-                raise one.error((*here, kind, "rule"), f"rule '{name}' is a {rules[name][1]} rule; only hold rules keep packets")
-            if rules[name][0] != step.node:
-                raise one.error((*here, "node"), f"rule '{name}' lives on node '{rules[name][0]}'")
-        elif kind == "kill_socket":
-            known_endpoint(action.remote, (*here, "kill_socket", "remote"))
-        elif kind == "impair":
-            _check_impair_step(one, lab, action, (*here, "impair"))
-        elif kind == "loop":
-            _check_loop_step(one, lab, action, (*here, "loop"))
-            known_endpoint(action.match.from_ if action.match else None, (*here, "loop", "match", "from"))
-            known_endpoint(action.match.to if action.match else None, (*here, "loop", "match", "to"))
-        elif kind == "wait":
-            if sum(x is not None for x in (action.state, action.step, action.rule)) != 1:
-                raise one.error((*here, "wait"), "wait for exactly one of: state, step, rule")
-            if action.state and action.node not in lab.nodes:
-                raise one.error((*here, "wait", "node"), "waiting for a state needs `node:` (a node of the lab)")
-            if action.step and action.step not in steps:
-                raise one.error((*here, "wait", "step"), f"no earlier step is named '{action.step}'")
-            if action.rule and action.rule not in rules:
-                raise one.error((*here, "wait", "rule"), f"no earlier rule is named '{action.rule}'")
+        if kind.makes_socket and not step.as_:
+            raise one.error(here, f"a {step.kind} step needs `as:` to name its socket")
+        kind.check(step.action, step, here, names)
         if step.as_:
-            if step.as_ in steps:
+            if step.as_ in names.steps:
                 raise one.error((*here, "as"), f"the name '{step.as_}' is used by an earlier step")
-            steps[step.as_] = step
-            if kind in ("listen", "connect", "accept"):
-                sockets[step.as_] = step.node
+            names.steps[step.as_] = step
+            if kind.makes_socket:
+                names.sockets[step.as_] = step.node
     for k, expectation in enumerate(one.scenario.expect):
-        here = ("expect", k)
-        body = getattr(expectation, expectation.kind)
-        for field_name in ("from_", "to", "at"):
-            value = getattr(body, field_name, None)
-            if value is not None:
-                known_endpoint(value, (*here, expectation.kind, field_name.rstrip("_")))
-        if expectation.kind in ("states",) and body.node not in lab.nodes:
-            raise one.error((*here, "states", "node"), f"unknown node '{body.node}'")
-        if expectation.kind in ("step", "data") and body.step not in steps:
-            raise one.error((*here, expectation.kind, "step"), f"no step is named '{body.step}'", hint="name steps with `as:`")
-
-
-def _check_impair_step(one: LoadedScenario, lab: Lab, action: Any, where: FieldPath) -> None:
-    links = {link.name: link for link in lab.links}
-    if action.link not in links:
-        raise one.error((*where, "link"), f"lab '{lab.name}' has no link '{action.link}'", hint=f"links: {', '.join(links)}")
-    link = links[action.link]
-    if action.from_ is not None and action.from_ not in link.endpoints:
-        raise one.error((*where, "from"), f"'{action.from_}' is not an endpoint of link '{link.name}'",
-                        hint=f"endpoints: {', '.join(link.endpoints)}")
-    if action.clear and not action.is_empty():
-        raise one.error((*where, "clear"), "clear removes the impairment: give settings or clear, not both")
-    if not action.clear and action.is_empty():
-        raise one.error(where, "an impair step needs settings (delay, loss, rate, ...) or clear: true")
-    problem = action.problem()
-    if problem is not None:
-        raise one.error((*where, problem[0]), problem[1])
-
-
-def _check_loop_step(one: LoadedScenario, lab: Lab, action: Any, where: FieldPath) -> None:
-    for k, router in enumerate(action.routers):
-        if router not in lab.nodes:
-            raise one.error((*where, "routers", k), f"unknown node '{router}'", hint=f"nodes: {', '.join(lab.nodes)}")
-        if lab.nodes[router].role != "router":
-            raise one.error((*where, "routers", k), f"'{router}' is a host, and only routers forward: a loop needs two routers",
-                            hint=f"routers: {', '.join(lab.routers()) or 'none'}")
-    a, b = action.routers
-    if a == b:
-        raise one.error((*where, "routers"), "a loop needs two different routers")
-    if not any(a in link.endpoints and b in link.endpoints for link in lab.links):
-        raise one.error((*where, "routers"), f"routers '{a}' and '{b}' share no link, so they cannot send packets back and forth")
-    if not 0 < action.for_ <= 3600:
-        raise one.error((*where, "for"), "a loop lasts more than 0 s and at most an hour")
+        EXPECTATION_KINDS[expectation.kind].check(getattr(expectation, expectation.kind), ("expect", k), names)

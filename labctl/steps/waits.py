@@ -1,0 +1,59 @@
+"""Steps that only pass time: a fixed sleep, or a wait until something has happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from ..units import Duration
+from .base import Names, StepKind, Strict, TcpState, register
+
+
+class Wait(Strict):
+    node: str | None = None
+    state: TcpState | None = Field(None, description="Wait until a socket on `node` is in this state.")
+    local_port: int | None = None
+    remote_port: int | None = None
+    gone: bool = Field(False, description="Wait until no socket is in `state` any more.")
+    step: str | None = Field(None, description="Wait until a background step has finished.")
+    rule: str | None = Field(None, description="Wait until this rule has acted `count` times.")
+    count: int = 1
+    timeout: Duration = 10.0
+
+
+@register
+class SleepStep(StepKind):
+    key, model, on_node, on_ladder = "sleep", Duration, False, False
+
+    def perform(self, action: float, step: Any, run) -> dict:
+        return run.sleep(action)
+
+
+@register
+class WaitStep(StepKind):
+    key, model, on_node, on_ladder = "wait", Wait, False, False
+
+    def check(self, action: Wait, step: Any, here: tuple, names: Names) -> None:
+        if sum(x is not None for x in (action.state, action.step, action.rule)) != 1:
+            raise names.error(self.where(here), "wait for exactly one of: state, step, rule")
+        if action.state and action.node not in names.lab.nodes:
+            raise names.error(self.where(here, "node"), "waiting for a state needs `node:` (a node of the lab)")
+        if action.step and action.step not in names.steps:
+            raise names.error(self.where(here, "step"), f"no earlier step is named '{action.step}'")
+        if action.rule and action.rule not in names.rules:
+            raise names.error(self.where(here, "rule"), f"no earlier rule is named '{action.rule}'")
+
+    def perform(self, action: Wait, step: Any, run) -> dict:
+        if action.state:
+            args = {"state": action.state, "local_port": action.local_port, "remote_port": action.remote_port,
+                    "gone": action.gone, "timeout": action.timeout}
+            return run.call(step, "wait_state", args, action.timeout, node=action.node)
+        if action.step:
+            return run.call(step, "wait_step", {"step": action.step, "timeout": action.timeout}, action.timeout,
+                            node=run.step_nodes[action.step])
+        return run.call(step, "wait_rule", {"rule": action.rule, "count": action.count, "timeout": action.timeout},
+                        action.timeout, node=run.rule_nodes[action.rule])
+
+    def reads_fields(self, args: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in args.items() if k in ("state", "step", "rule", "node") and v)
