@@ -76,7 +76,7 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     Returns one ``RunResult`` per run, each with its run directory and verdicts.
     """
     from .loader import load_scenarios
-    from .runner import ScenarioRun
+    from .run import ScenarioRun
 
     from .environment import check_results_dir
     from .rundir import results_root

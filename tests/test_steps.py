@@ -135,15 +135,15 @@ class FakeActor:
 
 def actor_calls(tmp_path: Path, steps: str) -> list:
     """(node, op, args, timeout, background, name) of every call the steps make, in order."""
-    from labctl.runner import ScenarioRun
+    from labctl.run import ScenarioRun
 
     one, loaded = scenario(tmp_path, steps)
     plan = plan_lab(loaded, {})
     run = ScenarioRun(None, loaded, plan, one, "img", tmp_path / "results")
     calls: list = []
-    run.sessions = {node.name: FakeActor(node.name, calls) for node in plan.nodes}
+    run.observers.sessions.update({node.name: FakeActor(node.name, calls) for node in plan.nodes})
     for index, step in enumerate(one.scenario.steps):
-        run._run_step(index, step)
+        run.steps.run(index, step)
     run.rundir.close()
     return calls
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..agent import tcp
 from ..agent.tcp import flag_words
 from ..rundir import read_jsonl
+from ..steps import step_kind
 from .segments import Connection, Segment, capture_path
 from .states import SocketTimeline
 from .verdicts import RunView
@@ -321,38 +322,11 @@ def _segment_text(tx: Transmission) -> str:
 
 
 def step_call(step: dict) -> str:
-    """A step as a call, packetdrill style: 'close(c)', 'connect(server:5000)'."""
-    kind = step.get("kind") or "?"
-    args = (step.get("args") or {}).get(kind)
-    if isinstance(args, dict):
-        if kind == "connect":
-            inner = f"{args.get('to')}:{args.get('port')}"
-        elif kind == "listen":
-            inner = f":{args.get('port')}"
-        elif kind in ("send", "recv", "shutdown", "setsockopt"):
-            inner = str(args.get("sock") or "")
-            if kind == "setsockopt":
-                inner += f", {args.get('option')}, {args.get('value')}"
-            elif kind == "send":
-                inner += f", {len(str(args.get('data') or ''))} bytes" if args.get("size") is None else f", {args['size']} bytes"
-        elif kind == "rule":
-            inner = str(args.get("action") or "")
-        elif kind in ("release", "unrule"):
-            inner = str(args.get("rule") or "")
-        elif kind == "sysctl":
-            inner = ", ".join(f"{k}={v}" for k, v in args.items())
-        elif kind == "kill_socket":
-            inner = ", ".join(f"{k}={v}" for k, v in args.items() if v is not None)
-        elif kind == "wait":
-            inner = ", ".join(f"{k}={v}" for k, v in args.items() if k in ("state", "step", "rule", "node") and v)
-        else:
-            inner = ""
-    elif args is None or isinstance(args, bool):
-        inner = ""
-    else:
-        inner = str(args)
-    name = f"{step['as']} = " if step.get("as") and kind in ("connect", "accept", "listen") else ""
-    return f"{name}{kind}({inner})"
+    """A step as a call, packetdrill style: 'close(c)', 'connect(server:5000)'; each kind says how it reads."""
+    key = step.get("kind") or "?"
+    kind = step_kind(key)
+    name = f"{step['as']} = " if step.get("as") and kind.makes_socket else ""
+    return f"{name}{key}({kind.reads((step.get('args') or {}).get(key))})"
 
 
 def step_outcome(step: dict) -> str:

@@ -27,14 +27,14 @@ from typing import Any
 
 from ..analyze.timeline import HELD, signed
 from ..analyze.timeline import marks as segment_marks
+from ..steps import STEP_KINDS
 from .model import Band, Report, SegmentRow, format_duration, format_ms
 
 FOLD_BUDGET = 400  # items drawn before a ladder is folded
 CONTEXT = 2  # ordinary items kept on each side of a remarkable one
 
-# Socket calls drawn on the ladder; waits and sleeps are bookkeeping.
-CALLS = ("listen", "connect", "accept", "send", "recv", "shutdown", "close", "setsockopt", "kill_socket", "exec", "sysctl",
-         "rule", "unrule", "release", "impair")
+# Steps drawn on the ladder as calls (each kind says; waits and sleeps are bookkeeping).
+CALLS = tuple(key for key, kind in STEP_KINDS.items() if kind.on_ladder)
 
 STATE_COLORS = {
     "LISTEN": "#dadaeb", "SYN_SENT": "#c6dbef", "SYN_RECV": "#c6dbef", "NEW_SYN_RECV": "#c6dbef",

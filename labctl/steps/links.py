@@ -56,7 +56,7 @@ class ImpairKind(StepKind):
             raise names.error((*where, problem[0]), problem[1])
 
     def perform(self, action: ImpairStep, step: Any, run) -> dict:
-        return run.changes.impair(run.index(step), action)
+        return run.changes.impair(run.step_index, action)
 
 
 @register
@@ -83,4 +83,4 @@ class LoopKind(StepKind):
             names.endpoint(action.match.to, (*where, "match", "to"))
 
     def perform(self, action: LoopStep, step: Any, run) -> dict:
-        return run.changes.loop(run.index(step), action)
+        return run.changes.loop(run.step_index, action)

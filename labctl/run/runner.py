@@ -1,0 +1,131 @@
+"""Run one scenario on a lab that is up, and record everything in a run directory.
+
+Order: make the run directory, start the observers (kernel tracepoints on
+the host; captures and state sampling in every node, via its actor), run
+the steps one by one, stop the observers, copy what the nodes recorded into
+the run directory, then judge the expectations from the directory alone.
+A run cut short (Ctrl-C, a node dying, an engine error) is marked
+incomplete and keeps all it collected.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..analyze.results import Verdict
+from ..analyze.verdicts import judge
+from ..engine import Engine
+from ..impairments import in_force
+from ..loader import LoadedLab, LoadedScenario
+from ..plan import LabPlan
+from ..rundir import RUN_SCHEMA_VERSION, RunDir
+from ..nodes import NodeLost
+from .changes import LabChanges
+from .collect import collect_all
+from .dispatch import StepDispatch
+from .observers import Observers
+
+Progress = Callable[[str], None]
+NODE_RUN_ROOT = "/run/labctl"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    path: Path
+    scenario: str
+    status: str  # complete | incomplete
+    verdicts: list[Verdict]
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "complete" and all(v.passed for v in self.verdicts)
+
+
+class ScenarioRun:
+    """One run, in order; each part has its module (observers, dispatch, changes, collect)."""
+
+    def __init__(self, engine: Engine, loaded: LoadedLab, plan: LabPlan, one: LoadedScenario, image: str,
+                 root: Path | None = None, progress: Progress | None = None):
+        self.engine = engine
+        self.loaded = loaded
+        self.plan = plan
+        self.one = one
+        self.image = image
+        self.progress = progress or (lambda _: None)
+        self.rundir = RunDir.create(plan.lab, one.label, root)
+        self.node_dir = f"{NODE_RUN_ROOT}/{self.rundir.path.name}"
+        self.changes = LabChanges(engine, plan, self.rundir, self.progress)
+        self.observers = Observers(engine, plan, one.scenario.steps, self.rundir, self.node_dir, self.progress)
+        self.steps = StepDispatch(plan, self.rundir, self.observers.sessions, self.changes, self.observers.lost, self.progress)
+
+    def _metadata(self, status: str, started: float, ended: float | None, reason: str | None, observers: dict) -> dict:
+        return {
+            "schema_version": RUN_SCHEMA_VERSION,
+            "labctl_version": __version__,
+            "lab": self.plan.lab,
+            "lab_source": self.plan.source,
+            "scenario": self.one.scenario.name,
+            "label": self.one.label,
+            "description": self.one.scenario.description,
+            "params": self.one.params,
+            "matrix_point": self.one.point,
+            "status": status,
+            "reason": reason,
+            "started": started,
+            "ended": ended,
+            "host": {"kernel": platform.release(), "machine": platform.machine()},
+            "engine": self.engine.version(),
+            "image": self.image,
+            "observers": observers,
+            "nodes": {node.name: {"role": node.role, "interfaces": {i.name: str(i.address) for i in node.interfaces}}
+                      for node in self.plan.nodes},
+            "links": {link.name: {"subnet": str(link.subnet), "endpoints": list(link.endpoints)} for link in self.plan.links},
+            "steps": [step.model_dump(mode="json", by_alias=True, exclude_none=True) for step in self.one.scenario.steps],
+            "expect": [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in self.one.scenario.expect],
+            "impairments": self.changes.records,
+        }
+
+    # --- the run ---------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        started = time.time()
+        observers: dict[str, Any] = {}
+        self.rundir.write("run.json", self._metadata("running", started, None, None, observers))
+        status, reason = "complete", None
+        try:
+            ready = self.observers.start(observers)
+            for direction in in_force(ready):
+                self.changes.record_impairment(direction, "in force at start", time.time())
+            for index, step in enumerate(self.one.scenario.steps):
+                self.steps.run(index, step)
+        except KeyboardInterrupt:
+            status, reason = "incomplete", "interrupted (Ctrl-C)"
+        except NodeLost as exc:
+            status, reason = "incomplete", str(exc)
+        except Exception as exc:
+            status, reason = "incomplete", f"{type(exc).__name__}: {exc}"
+            self._finish(observers)
+            self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
+            raise
+        try:
+            self._finish(observers)
+        except KeyboardInterrupt:
+            status, reason = "incomplete", "interrupted (Ctrl-C) while collecting"
+        self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
+        self.rundir.close()
+        verdicts = judge(self.rundir.path)
+        self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": [v.to_json() for v in verdicts]})
+        return RunResult(self.rundir.path, self.one.label, status, verdicts)
+
+    def _finish(self, observers: dict) -> None:
+        """Stop observing, put the lab back as it was, then copy out what the nodes recorded."""
+        self.observers.stop(observers)
+        self.changes.undo()
+        missed = collect_all(self.engine, self.plan, self.node_dir, self.rundir, self.progress)
+        if missed:
+            observers["not_collected"] = missed
