@@ -274,3 +274,35 @@ def test_the_ladder_draws_calls_not_bookkeeping():
 
     assert set(CALLS) == {"listen", "connect", "accept", "send", "recv", "shutdown", "close", "setsockopt", "kill_socket",
                           "exec", "sysctl", "rule", "unrule", "release", "impair"}
+
+
+# --- the registries --------------------------------------------------------------------------
+
+def test_every_step_kind_is_a_field_of_the_scenario_format_and_performs():
+    from labctl.scenario import Step, scenario_json_schema
+    from labctl.steps import STEP_KINDS, StepKind
+
+    assert list(STEP_KINDS) == [k for k in Step.model_fields if k not in ("node", "as_", "background", "note")]
+    schema = scenario_json_schema()["$defs"]["Step"]["properties"]
+    for key, kind in STEP_KINDS.items():
+        assert key in schema
+        assert type(kind).perform is not StepKind.perform, f"step kind {key} does nothing"
+
+
+def test_every_expectation_kind_has_a_judge_in_the_analysis():
+    import labctl.analyze.verdicts  # noqa: F401  (registers the judges)
+    from labctl.expectations import EXPECTATION_KINDS
+    from labctl.scenario import Expectation
+
+    assert list(EXPECTATION_KINDS) == [k for k in Expectation.model_fields if k != "name"]
+    assert all(kind.judge is not None for kind in EXPECTATION_KINDS.values()), [k for k, v in EXPECTATION_KINDS.items() if not v.judge]
+
+
+def test_a_kind_registered_twice_is_refused():
+    from labctl.steps import StepKind, register
+
+    class Again(StepKind):
+        key, model = "close", str
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Again)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..agent import tcp
+from ..expectations import EXPECTATION_KINDS, judges
 from ..rundir import read_json, read_jsonl
 from ..scenario import Expectation
 from .results import FAIL, PASS, EventRef, SegmentRef, SocketRef, StateMark, StepRef, Verdict
@@ -100,6 +101,7 @@ def _verdict(description: str, passed: bool, expected: str, observed: str, evide
     return Verdict(0, "", description, PASS if passed else FAIL, expected, observed, evidence, **extra)
 
 
+@judges("segments")
 def _judge_segments(view: RunView, spec: dict) -> Verdict:
     seen = segments_seen(view, spec)
     n = len(seen)
@@ -121,6 +123,7 @@ def _judge_segments(view: RunView, spec: dict) -> Verdict:
                     _segment_evidence(seen), details={"count": n})
 
 
+@judges("no_segments")
 def _judge_no_segments(view: RunView, spec: dict) -> Verdict:
     seen = segments_seen(view, spec)
     return _verdict(f"no {describe_match(spec)}", not seen, "none", f"{len(seen)} seen", _segment_evidence(seen),
@@ -151,6 +154,7 @@ def _contains_in_order(states: list[str], wanted: list[str]) -> bool:
     return position == len(wanted)
 
 
+@judges("states")
 def _judge_states(view: RunView, spec: dict) -> Verdict:
     sockets = _sockets(view, spec)
     checks: list[str] = []
@@ -203,6 +207,7 @@ def _judge_states(view: RunView, spec: dict) -> Verdict:
     return _verdict(f"{which} " + ", ".join(checks), passed, ", ".join(checks), observed, evidence)
 
 
+@judges("step")
 def _judge_step(view: RunView, spec: dict) -> Verdict:
     record = view.step(spec["step"])
     if record is None:
@@ -242,6 +247,7 @@ def _step_evidence(record: dict) -> StepRef:
                    record.get("errno"), record.get("result"), record.get("as"))
 
 
+@judges("data")
 def _judge_data(view: RunView, spec: dict) -> Verdict:
     record = view.step(spec["step"])
     result = (record or {}).get("result") or {}
@@ -260,6 +266,7 @@ def _judge_data(view: RunView, spec: dict) -> Verdict:
                     repr(data) if data is not None else "nothing received", [_step_evidence(record)] if record else [])
 
 
+@judges("events")
 def _judge_events(view: RunView, spec: dict) -> Verdict:
     events = [e for e in read_jsonl(view.dir / "events.jsonl")
               if e.get("event") == spec["event"] and (spec.get("node") is None or e.get("node") == spec["node"])]
@@ -279,10 +286,6 @@ def _judge_events(view: RunView, spec: dict) -> Verdict:
                      for e in events[:EVIDENCE_LIMIT]], details={"count": n})
 
 
-JUDGES = {"events": _judge_events, "segments": _judge_segments, "no_segments": _judge_no_segments, "states": _judge_states,
-          "step": _judge_step, "data": _judge_data}
-
-
 def judge(run_dir: Path, view: RunView | None = None) -> list[Verdict]:
     """``view``: the run directory already loaded (a report loads it once for everything)."""
     view = view or RunView(run_dir)
@@ -290,10 +293,11 @@ def judge(run_dir: Path, view: RunView | None = None) -> list[Verdict]:
     covered: set[str] = set()
     for index, written in enumerate(view.run.get("expect", [])):
         # run.json keeps what the author wrote (55s, 5%); read it back into numbers.
-        expectation = Expectation.model_validate(written).model_dump(mode="python", by_alias=True, exclude_none=True)
-        kind = next(k for k in JUDGES if k in expectation)
+        parsed = Expectation.model_validate(written)
+        expectation = parsed.model_dump(mode="python", by_alias=True, exclude_none=True)
+        kind = parsed.kind
         spec = expectation[kind]
-        verdict = JUDGES[kind](view, spec)
+        verdict = EXPECTATION_KINDS[kind].judge(view, spec)
         verdict.index, verdict.kind, verdict.name, verdict.spec = index, kind, expectation.get("name"), spec
         verdicts.append(verdict)
         if kind in ("step", "data"):
