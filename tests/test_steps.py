@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from labctl.agent import protocol
 from labctl.analyze.timeline import step_call
 from labctl.errors import LabFileError
 from labctl.loader import load_lab_text, load_scenario_file
@@ -129,6 +130,7 @@ class FakeActor:
         self.node, self.calls, self.closed = node, calls, False
 
     def call(self, op, args=None, *, timeout=60.0, background=False, name=None):
+        protocol.check_call(op, args or {})  # what the real session refuses to send
         self.calls.append((self.node, op, args, timeout, background, name))
         return {"ok": True, "result": {}}
 
@@ -306,3 +308,17 @@ def test_a_kind_registered_twice_is_refused():
 
     with pytest.raises(ValueError, match="registered twice"):
         register(Again)
+
+
+def test_every_actor_op_of_the_contract_is_an_op_of_the_actor_with_those_arguments():
+    import inspect
+
+    from labctl.agent.actor import Actor
+
+    for op, (required, optional) in protocol.ACTOR_OPS.items():
+        if op == "stop":  # the command loop's own
+            continue
+        handler = getattr(Actor, f"op_{op}")
+        params = [p for p in inspect.signature(handler).parameters.values() if p.name != "self"]
+        assert [p.name for p in params if p.default is inspect.Parameter.empty] == list(required), op
+        assert sorted(p.name for p in params if p.default is not inspect.Parameter.empty) == sorted(optional), op
