@@ -319,3 +319,32 @@ def test_report_of_a_sweep_directory(tmp_path):
     moved = tmp_path / "elsewhere"
     shutil.move(str(where), str(moved))  # a sweep directory is self-contained: it reports from anywhere
     assert "4 of 4 runs finished" in api.report([moved], format="md")
+
+
+# --- the command line (no engine: a dry run and user errors) ----------------------------------
+
+def labctl(*argv: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(LAB.parents[1])}
+    return subprocess.run([sys.executable, "-m", "labctl", *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_command_lists_its_runs_in_a_dry_run():
+    proc = labctl("sweep", str(LAB), "transfer", "-p", "loss=0..10:5%", "-p", "delay=5ms,25ms", "-r", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "12 run(s)" and lines[0].startswith("0000-loss=0%,delay=5ms-r1") and "delay=5ms" in lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "loss=0..10:0%"], "step above zero"),
+    (["-p", "loss"], "NAME=VALUES"),
+    (["--metric", "speed"], "unknown metric"),
+    (["--file", "nope"], "no sweep file"),
+])
+def test_the_command_says_what_is_wrong(argv, message):
+    proc = labctl("sweep", str(LAB), "transfer", *argv, "--dry-run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
