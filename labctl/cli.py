@@ -12,22 +12,135 @@ from typing import Iterator, List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Table as RichTable
 
 from . import __version__, api, environment
 from .errors import UserError
 
 app = typer.Typer(help="Build Docker labs of clients, routers and servers; impair links; run TCP scenarios; collect evidence.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-image_app = typer.Typer(help="The node image every lab node runs.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+image_app = typer.Typer(help="The node image every lab node runs. Example: labctl image build", no_args_is_help=True)
 app.add_typer(image_app, name="image")
-export_app = typer.Typer(help="A lab for other tools: a Compose project.", no_args_is_help=True)
+export_app = typer.Typer(help="A lab for other tools: a Compose project. Example: labctl export compose teardown", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
-out = Console()
-err = Console(stderr=True)
 
-LAB_ARG = typer.Argument(..., help="A built-in lab's name, a lab directory, or a lab file.")
+
+def _console(stderr: bool = False) -> Console:
+    """rich honours NO_COLOR and colours only terminals. Piped output (a pager, grep, a
+    file) is not cut to 80 columns: lines are as long as what they say, unless COLUMNS says."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, width=100_000 if piped and "COLUMNS" not in os.environ else None)
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+class Table(RichTable):
+    """A table as labctl prints it: a cell too long for its column folds onto the next line,
+    never cut with an ellipsis; piped, a plain layout (aligned columns, no box)."""
+
+    def __init__(self, *args, **kwargs):
+        if not out.is_terminal:
+            kwargs.setdefault("box", None)
+            kwargs.setdefault("pad_edge", False)
+        super().__init__(*args, **kwargs)
+
+    def add_column(self, *args, **kwargs) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
+
+
+# --- completion: lab names, scenario names, nodes (Typer's --install-completion) ----------------
+
+def _complete_lab(incomplete: str) -> list[str]:
+    from .loader import available_labs
+
+    names = [name for name in available_labs() if name.startswith(incomplete)]
+    if os.sep in incomplete or incomplete.startswith("."):
+        from pathlib import Path
+
+        parent = Path(incomplete).parent if not incomplete.endswith(os.sep) else Path(incomplete)
+        if parent.is_dir():
+            names += [str(p) + (os.sep if p.is_dir() else "") for p in sorted(parent.iterdir())
+                      if str(p).startswith(incomplete.rstrip(os.sep)) and (p.is_dir() or p.suffix in (".yaml", ".yml"))]
+    return names
+
+
+def _typed_words() -> list[str]:
+    """The command line being completed, as the shell's completion hands it over (bash:
+    COMP_WORDS up to COMP_CWORD; zsh, fish, PowerShell: _TYPER_COMPLETE_ARGS)."""
+    import shlex
+
+    raw = os.environ.get("_TYPER_COMPLETE_ARGS") or os.environ.get("COMP_WORDS", "")
+    try:
+        words = shlex.split(raw)
+    except ValueError:
+        words = raw.split()
+    if "COMP_CWORD" in os.environ and os.environ["COMP_CWORD"].isdigit():
+        words = words[:int(os.environ["COMP_CWORD"])]
+    return words
+
+
+def _completion_lab(ctx: typer.Context):
+    """The lab named earlier on the command line, loaded with its -p parameters; None if it cannot be.
+
+    Read from the words typed so far: while an option waits for its value, click's resilient
+    parsing leaves every parameter at its default (and Typer hands completions no words)."""
+    takes_value = {opt for p in ctx.command.params if p.param_type_name == "option" and not getattr(p, "is_flag", False)
+                   for opt in p.opts}
+    words = _typed_words()
+    if ctx.info_name in words:
+        words = words[words.index(ctx.info_name) + 1:]
+    ref, params, i = ctx.params.get("lab"), [], 0
+    while i < len(words):
+        word = words[i]
+        if word in takes_value:
+            if word in ("-p", "--param") and i + 1 < len(words):
+                params.append(words[i + 1])
+            i += 2
+            continue
+        if not word.startswith("-") and ref is None:
+            ref = word
+        i += 1
+    if not ref:
+        return None
+    try:
+        from .loader import load_lab
+
+        return load_lab(ref, api.parse_params(params))
+    except Exception:  # completion must never fail loudly
+        return None
+
+
+def _complete_scenario(ctx: typer.Context, incomplete: str) -> list[str]:
+    from .loader import scenario_files
+
+    loaded = _completion_lab(ctx)
+    if loaded is None or loaded.path is None:
+        return []
+    return [name for name in scenario_files(loaded.path) if name.startswith(incomplete)]
+
+
+def _complete_node(ctx: typer.Context, incomplete: str) -> list[str]:
+    loaded = _completion_lab(ctx)
+    return [] if loaded is None else [name for name in loaded.lab.nodes if name.startswith(incomplete)]
+
+
+def _complete_node_interface(ctx: typer.Context, incomplete: str) -> list[str]:
+    loaded = _completion_lab(ctx)
+    if loaded is None:
+        return []
+    node, colon, _ = incomplete.partition(":")
+    if not colon:
+        return [name for name in loaded.lab.nodes if name.startswith(incomplete)]
+    interfaces = [link.name for link in loaded.lab.links if node in link.endpoints] + ["any"]
+    return [f"{node}:{iface}" for iface in interfaces if f"{node}:{iface}".startswith(incomplete)]
+
+
+LAB_ARG = typer.Argument(..., help="A built-in lab's name, a lab directory, or a lab file.", autocompletion=_complete_lab)
 PARAM_OPT = typer.Option([], "--param", "-p", help="KEY=VALUE rendered into the lab file (Jinja2). Repeatable.")
 
 
@@ -48,7 +161,10 @@ def progress_shown(enabled: bool = True) -> Iterator:
 def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
        offline: bool = typer.Option(False, help="Build the node image from the offline Debian bootstrap, never a registry."),
        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
-    """Bring a lab up, or bring a running lab in line with its file. Running it twice changes nothing."""
+    """Bring a lab up, or bring a running lab in line with its file. Running it twice changes nothing.
+
+    Example: labctl up teardown
+    """
     with progress_shown(not as_json) as progress:
         result = api.up(lab, api.parse_params(param), offline=offline, progress=progress)
     if as_json:
@@ -64,13 +180,17 @@ def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
 
 @app.command()
 def run(lab: str = LAB_ARG,
-        scenario: List[str] = typer.Option([], "--scenario", "-s", help="A scenario of the lab (repeatable); all when omitted."),
+        scenario: List[str] = typer.Option([], "--scenario", "-s", help="A scenario of the lab (repeatable); all when omitted.",
+                                      autocompletion=_complete_scenario),
         param: List[str] = PARAM_OPT,
         results: Optional[str] = typer.Option(None, help="Where run directories go (default ./results or $LABCTL_RESULTS)."),
         as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON.")) -> None:
     """Run scenarios on a lab (bringing it up if needed); record everything in a run directory.
 
-    Exit status: 0 when every expectation held, 1 when one failed, 2 on a usage or environment error.
+    Exit status: 0 when every expectation held, 1 when one failed, 3 when none failed but one
+    could not be decided, 2 on a usage or environment error, 130 when interrupted.
+
+    Example: labctl run teardown -s lost-final-ack --json
     """
     from pathlib import Path
 
@@ -110,7 +230,10 @@ def report(runs: Optional[List[str]] = typer.Argument(None, help="A run director
            results: Optional[str] = typer.Option(None, help="Where run directories are (default ./results or $LABCTL_RESULTS)."),
            full: bool = typer.Option(False, "--full", help="Never fold a large run's ladder and tables."),
            print_schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of the json format and exit.")) -> None:
-    """Turn a run into evidence: verdicts with their evidence, a ladder diagram, state timelines (from the run directory alone)."""
+    """Turn a run into evidence: verdicts with their evidence, a ladder diagram, state timelines (from the run directory alone).
+
+    Example: labctl report teardown -o report.html
+    """
     from pathlib import Path
 
     from .report import format_for
@@ -121,7 +244,7 @@ def report(runs: Optional[List[str]] = typer.Argument(None, help="A run director
     target = Path(output) if output else None
     chosen = fmt or format_for(target)
     text = api.report(runs or [], format=chosen, root=Path(results) if results else None,
-                      color=target is None and out.is_terminal, width=out.width if target is None and out.is_terminal else None,
+                      color=target is None and out.is_terminal and not out.no_color, width=out.width if target is None and out.is_terminal else None,
                       fold=not full)
     if target is None:
         sys.stdout.write(text)
@@ -132,7 +255,8 @@ def report(runs: Optional[List[str]] = typer.Argument(None, help="A run director
 
 @app.command()
 def sweep(lab: str = LAB_ARG,
-          scenario: Optional[str] = typer.Argument(None, help="The scenario every run plays (or `scenario:` in the sweep file)."),
+          scenario: Optional[str] = typer.Argument(None, help="The scenario every run plays (or `scenario:` in the sweep file).",
+                                                   autocompletion=_complete_scenario),
           param: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUES: a range 0..30:5% (ends included, a unit on any part), "
                                                                     "a list 10ms,50ms, or one value (fixed). Repeatable."),
           repeat: Optional[int] = typer.Option(None, "--repeat", "-r", help="Runs per combination (default 1)."),
@@ -148,6 +272,8 @@ def sweep(lab: str = LAB_ARG,
 
     Exit status: 0 when every run finished (failed verdicts are results: see the summary), 2 on a usage or environment error,
     130 when interrupted (run the same command again to resume).
+
+    Example: labctl sweep lossy-transfer transfer -p loss=0..20:5% --repeat 3
     """
     import hashlib
     from pathlib import Path
@@ -192,7 +318,7 @@ def sweep(lab: str = LAB_ARG,
     except KeyboardInterrupt:
         err.print(f"interrupted: run the same command again (-o {escape(str(target))}) to resume; finished runs are kept")
         raise typer.Exit(130)
-    sys.stdout.write(sweeps.render(target, "term", color=out.is_terminal, width=out.width if out.is_terminal else None))
+    sys.stdout.write(sweeps.render(target, "term", color=out.is_terminal and not out.no_color, width=out.width if out.is_terminal else None))
     err.print(f"sweep directory: {escape(str(result.dir))}", highlight=False)
 
 
@@ -200,7 +326,10 @@ def sweep(lab: str = LAB_ARG,
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
          param: List[str] = PARAM_OPT) -> None:
-    """Remove a lab's containers and networks, and nothing else."""
+    """Remove a lab's containers and networks, and nothing else.
+
+    Example: labctl down teardown
+    """
     if (lab is None) == (not all_labs):
         raise UserError("give a lab, or --all (not both)")
     removed = api.down(None if all_labs else lab, params=api.parse_params(param))
@@ -210,7 +339,10 @@ def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name
 @app.command()
 def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that are up when omitted."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show nodes, their state, addresses per link and routes."""
+    """Show nodes, their state, addresses per link and routes.
+
+    Example: labctl status teardown --json
+    """
     states = api.status(lab)
     if as_json:
         out.print_json(data=[s.to_json() for s in states])
@@ -270,7 +402,10 @@ def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (i
            clear: bool = typer.Option(False, "--clear", help="Remove the impairment (in that direction, or every one)."),
            param: List[str] = PARAM_OPT,
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Impair a link of a running lab now; the settings given replace what was in force in those directions."""
+    """Impair a link of a running lab now; the settings given replace what was in force in those directions.
+
+    Example: labctl impair teardown right --from router --delay 50ms --loss 5%
+    """
     settings = {"delay": delay, "jitter": jitter, "distribution": distribution, "loss": loss, "loss_correlation": loss_correlation,
                 "duplicate": duplicate, "reorder": reorder, "corrupt": corrupt, "rate": rate, "limit": limit}
     directions = api.impair(lab, link, from_node, settings, clear, params=api.parse_params(param))
@@ -282,7 +417,8 @@ def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (i
 
 
 @app.command()
-def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router."), r2: str = typer.Argument(..., help="Another router on a link with r1."),
+def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router.", autocompletion=_complete_node),
+         r2: str = typer.Argument(..., help="Another router on a link with r1.", autocompletion=_complete_node),
          for_: Optional[str] = typer.Option(None, "--for", help="How long the loop lasts, e.g. 2s; it heals by itself."),
          from_: Optional[str] = typer.Option(None, "--from", help="Only packets from this node or address."),
          to: Optional[str] = typer.Option(None, help="Only packets to this node or address."),
@@ -294,7 +430,10 @@ def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router."), r2
          heal: bool = typer.Option(False, "--heal", help="Heal a loop of these routers now."),
          param: List[str] = PARAM_OPT,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Make two routers forward (matching) packets to each other for a while: a transient routing loop."""
+    """Make two routers forward (matching) packets to each other for a while: a transient routing loop.
+
+    Example: labctl loop teardown-loop r1 r2 --for 2s --proto tcp --dport 5010
+    """
     match = {"from": from_, "to": to, "proto": proto, "sport": sport, "dport": dport, "flags": flags, "payload": payload}
     result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param))
     if heal:
@@ -308,9 +447,13 @@ def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router."), r2
 
 
 @app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def exec_(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Argument(..., help="The node."),
+def exec_(lab: str = typer.Argument(..., help="The lab.", autocompletion=_complete_lab),
+          node: str = typer.Argument(..., help="The node.", autocompletion=_complete_node),
           command: List[str] = typer.Argument(..., help="The command, after --.")) -> None:
-    """Run a command in a node; its exit status becomes labctl's."""
+    """Run a command in a node; its exit status becomes labctl's.
+
+    Example: labctl exec teardown client -- ping -c 1 server
+    """
     def stream(chunk: bytes, is_err: bool) -> None:
         target = sys.stderr.buffer if is_err else sys.stdout.buffer
         target.write(chunk)
@@ -321,9 +464,13 @@ def exec_(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Arg
 
 
 @app.command()
-def shell(lab: str = typer.Argument(..., help="The lab."), node: str = typer.Argument(..., help="The node."),
+def shell(lab: str = typer.Argument(..., help="The lab.", autocompletion=_complete_lab),
+          node: str = typer.Argument(..., help="The node.", autocompletion=_complete_node),
           command: str = typer.Option("bash", help="The shell to start.")) -> None:
-    """Open an interactive shell in a node."""
+    """Open an interactive shell in a node.
+
+    Example: labctl shell teardown router
+    """
     raise typer.Exit(api.shell(lab, node, [command]))
 
 
@@ -332,8 +479,9 @@ class _ReaderGone(Exception):
 
 
 @app.command()
-def capture(lab: str = typer.Argument(..., help="The lab."),
-            target: str = typer.Argument(..., metavar="NODE[:IFACE]", help="A node, and one of its interfaces (default: its only one, else any)."),
+def capture(lab: str = typer.Argument(..., help="The lab.", autocompletion=_complete_lab),
+            target: str = typer.Argument(..., metavar="NODE[:IFACE]", help="A node, and one of its interfaces (default: its only one, else any).",
+                                  autocompletion=_complete_node_interface),
             write: Optional[str] = typer.Option(None, "--write", "-w", help="Write pcap to this file, or - for stdout (for Wireshark or tshark)."),
             count: Optional[int] = typer.Option(None, "--count", "-c", min=1, help="Stop after this many packets."),
             bpf: Optional[List[str]] = typer.Argument(None, help="A capture filter (tcpdump syntax), e.g. tcp port 5000.")) -> None:
@@ -378,7 +526,10 @@ def capture(lab: str = typer.Argument(..., help="The lab."),
 
 @app.command()
 def labs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the built-in labs (and those on $LABCTL_LABS_PATH)."""
+    """List the built-in labs (and those on $LABCTL_LABS_PATH).
+
+    Example: labctl labs --json
+    """
     found = api.labs()
     if as_json:
         out.print_json(data=[vars(l) for l in found])
@@ -402,7 +553,10 @@ def schema(kind: str = typer.Argument("lab", help="lab or scenario.")) -> None:
 
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Check the engine, the image, and the kernel features labctl relies on (probed inside a node)."""
+    """Check the engine, the image, and the kernel features labctl relies on (probed inside a node).
+
+    Example: labctl doctor --json
+    """
     checks = api.doctor()
     if as_json:
         out.print_json(data=[vars(c) for c in checks])
@@ -420,7 +574,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 @image_app.command("build")
 def image_build(offline: bool = typer.Option(False, help="Use the offline Debian bootstrap, never a registry."),
                 rebuild: bool = typer.Option(False, help="Build even if an image for this code exists.")) -> None:
-    """Build the node image (reused when the agent, Dockerfile and package list are unchanged)."""
+    """Build the node image (reused when the agent, Dockerfile and package list are unchanged).
+
+    Example: labctl image build --offline
+    """
     with progress_shown() as progress:
         info = api.build_image(offline=offline, rebuild=rebuild, progress=progress)
     state = "built" if info.built else "up to date"
@@ -455,7 +612,8 @@ def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
 
 @app.command()
 def validate(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
-             scenario: List[str] = typer.Option([], "--scenario", "-s", help="Only this scenario (repeatable); all when omitted."),
+             scenario: List[str] = typer.Option([], "--scenario", "-s", help="Only this scenario (repeatable); all when omitted.",
+                                           autocompletion=_complete_scenario),
              as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
     """Check a lab file and every scenario of it (each matrix point), without Docker: exit 0 when valid, 2 otherwise.
 
@@ -471,7 +629,7 @@ def validate(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
 
 
 # Commands that talk to the engine, and those that plan subnets: their environment is checked first.
-ENGINE_COMMANDS = {"up", "run", "down", "status", "impair", "loop", "exec", "shell", "doctor", "image", "export"}
+ENGINE_COMMANDS = {"up", "run", "down", "status", "impair", "loop", "exec", "shell", "doctor", "image", "export", "capture"}
 POOL_COMMANDS = {"up", "run", "impair", "loop", "export"}
 
 
@@ -511,7 +669,7 @@ def main() -> None:
     usage, aborts = _usage_errors()
     try:
         # Without standalone mode click returns the exit status instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(prog_name="labctl", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
