@@ -119,8 +119,8 @@ def test_completion_offers_nodes_and_interfaces():
 
 def test_completion_is_installed_by_typer():
     assert "--install-completion" in run_cli("--help").stdout
-    script = run_cli("--show-completion", "bash").stdout
-    assert "_LABCTL_COMPLETE=complete_bash" in script and "labctl" in script
+    shown = run_cli("--show-completion", "bash")
+    assert "_LABCTL_COMPLETE=complete_bash" in shown.stdout and "labctl" in shown.stdout, shown.stderr
 
 
 def test_json_where_people_script():
