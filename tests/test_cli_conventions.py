@@ -120,7 +120,7 @@ def test_completion_offers_nodes_and_interfaces():
 def test_completion_is_installed_by_typer():
     assert "--install-completion" in run_cli("--help").stdout
     # Typer finds the shell from the process tree (shellingham): ask from bash.
-    shown = subprocess.run(["bash", "-c", f"{sys.executable} -m labctl --show-completion"], capture_output=True, text=True,
+    shown = subprocess.run(["bash", "-c", f"{sys.executable} -m labctl --show-completion; true"], capture_output=True, text=True,
                            cwd=ROOT, timeout=60)
     assert "_LABCTL_COMPLETE=complete_bash" in shown.stdout and "labctl" in shown.stdout, shown.stderr
 
