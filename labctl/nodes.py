@@ -42,8 +42,14 @@ def agent_files() -> dict[str, bytes]:
 
 
 def tar_of(files: Mapping[str, bytes]) -> io.BytesIO:
+    """A tar of files by path, with their folders (a copy into a container creates no parents)."""
     buffer = io.BytesIO()
+    folders = sorted({"/".join(name.split("/")[:i]) for name in files for i in range(1, name.count("/") + 1)})
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
         for name in sorted(files):
             info = tarfile.TarInfo(name)
             info.size = len(files[name])
@@ -55,7 +61,8 @@ def tar_of(files: Mapping[str, bytes]) -> io.BytesIO:
 
 def install_agent(engine: Engine, lab: str, node: str) -> None:
     """Copy the agent into a node on an image of its own (created, before it starts)."""
-    engine.put(lab, node, protocol.AGENT_HOME, tar_of(agent_files()).getvalue())
+    home = protocol.AGENT_HOME.strip("/")
+    engine.put(lab, node, "/", tar_of({f"{home}/{name}": data for name, data in agent_files().items()}).getvalue())
 
 
 # --- one-shot commands ------------------------------------------------------------------------------
