@@ -14,6 +14,7 @@ import pytest
 
 from labctl import api
 from labctl.analyze.segments import load_segments
+from labctl.engine.tracefs import TRACEFS
 from labctl.rundir import read_json, read_jsonl
 
 pytestmark = pytest.mark.engine
@@ -94,6 +95,18 @@ def test_a_held_segment_released_after_a_reconnect_arrives_after_the_new_handsha
     assert old[0].incarnation == 0 and old[2].incarnation == 1
 
 
+def test_a_run_mounts_tracefs_itself_so_kernel_events_and_states_decide(engine, runlab, tmp_path):
+    # On a fresh machine tracefs is not mounted; no test may count on another (doctor) having mounted it.
+    subprocess.run(["umount", str(TRACEFS)], capture_output=True)  # fails when it is not mounted: nothing to undo
+    assert not (TRACEFS / "events").is_dir(), f"{TRACEFS} is still mounted (busy?): this test cannot start from a fresh machine"
+    [result] = api.run(runlab, ["kernel-events"], engine=engine, root=tmp_path)
+    assert result.passed, [v for v in result.verdicts if not v.passed]
+    observers = read_json(result.path / "run.json")["observers"]
+    assert observers["tracepoints"] and observers["made_available"] == [f"tracefs mounted at {TRACEFS}"]
+    assert "unavailable" not in observers
+    assert [r for r in read_jsonl(result.path / "events.jsonl") if r.get("event") == "tcp_receive_reset" and r.get("node") == "client"]
+
+
 def test_failed_expectations_exit_1_with_the_evidence(runlab):
     result = labctl("run", "runlab", "-s", "fails", "--json")
     assert result.returncode == 1, result.stderr
@@ -139,7 +152,7 @@ def test_an_interrupted_run_is_incomplete_readable_and_leaves_no_orphans(engine,
     assert [r["kind"] for r in read_jsonl(steps) if "kind" in r] == ["listen", "connect", "accept", "send"]
     assert (steps.parent / "pcaps" / "client-left.pcap").stat().st_size > 24
     verdicts = read_json(steps.parent / "verdicts.json")["verdicts"]
-    assert any(v["kind"] == "run-complete" and not v.passed for v in verdicts)
+    assert any(v["kind"] == "run-complete" and not v["passed"] for v in verdicts)
     # No actor, capture or helper left behind, in the nodes or on the engine.
     for node in ("client", "router", "server"):
         ps = engine.exec("runlab", node, ["ps", "-eo", "args"]).stdout

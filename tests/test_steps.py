@@ -135,13 +135,20 @@ class FakeActor:
         return {"ok": True, "result": {}}
 
 
+class NoHost:
+    """An engine whose nodes are elsewhere: no host observers (and no Docker needed)."""
+
+    def host_observers(self):
+        return None
+
+
 def actor_calls(tmp_path: Path, steps: str) -> list:
     """(node, op, args, timeout, background, name) of every call the steps make, in order."""
     from labctl.run import ScenarioRun
 
     one, loaded = scenario(tmp_path, steps)
     plan = plan_lab(loaded, {})
-    run = ScenarioRun(None, loaded, plan, one, "img", tmp_path / "results")
+    run = ScenarioRun(NoHost(), loaded, plan, one, "img", tmp_path / "results")
     calls: list = []
     run.observers.sessions.update({node.name: FakeActor(node.name, calls) for node in plan.nodes})
     for index, step in enumerate(one.scenario.steps):

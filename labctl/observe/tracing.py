@@ -9,10 +9,14 @@ FIN_WAIT2 -> CLOSE; the analysis takes TIME_WAIT from sampling and captures.
 
 The trace clock is CLOCK_MONOTONIC; each event is converted to the host's
 realtime clock (which captures use) with an offset measured at start.
+
+tracefs is often present but not mounted (every fresh machine here): a run
+mounts it when it may (as root), and otherwise says why it could not.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -20,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-TRACEFS = Path("/sys/kernel/tracing")
-EVENTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_send_reset", "tcp/tcp_receive_reset")
+from ..engine.tracefs import TRACEPOINTS, Tracefs
+
 _LINE = re.compile(r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s+(?P<body>.*)$")
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
@@ -49,30 +53,29 @@ def parse_line(line: str, offset: float) -> dict | None:
 class KernelEvents:
     """Start, read and stop a private tracefs instance for one run."""
 
-    def __init__(self, addresses: Mapping[str, str], sink: Callable[[dict], None]):
+    def __init__(self, tracefs: Tracefs | None, addresses: Mapping[str, str], sink: Callable[[dict], None]):
+        self.tracefs = tracefs  # None: the engine's nodes do not run on this host's kernel
         self.addresses = dict(addresses)  # lab IPv4 address -> node
         self.sink = sink
         self.instance: Path | None = None
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
         self.unavailable: str | None = None
+        self.mounted_here = False  # this run mounted tracefs
         self.count = 0
 
     def start(self) -> bool:
-        instances = TRACEFS / "instances"
-        if not instances.is_dir():
-            self.unavailable = f"{TRACEFS} is not mounted (mount -t tracefs nodev {TRACEFS})"
+        """Trace the lab's TCP events from now on; False (and ``unavailable`` says why) when they cannot be had."""
+        self.unavailable = self._why_not()
+        if self.unavailable:
             return False
-        missing = [e for e in EVENTS if not (TRACEFS / "events" / e).is_dir()]
-        if missing:
-            self.unavailable = f"tracepoints missing: {', '.join(missing)}"
-            return False
+        instances = self.tracefs.root / "instances"
         try:
             self.instance = instances / f"labctl-{secrets.token_hex(4)}"
             self.instance.mkdir()
             (self.instance / "trace_clock").write_text("mono")
             (self.instance / "buffer_size_kb").write_text("4096")
-            for event in EVENTS:
+            for event in TRACEPOINTS:
                 (self.instance / "events" / event / "enable").write_text("1")
         except OSError as exc:
             self.unavailable = f"cannot use tracefs: {exc.strerror or exc}"
@@ -86,6 +89,23 @@ class KernelEvents:
         self.thread = threading.Thread(target=self._read, daemon=True, name="tracefs")
         self.thread.start()
         return True
+
+    def _why_not(self) -> str | None:
+        if self.tracefs is None:
+            return "the engine's nodes do not run on this host's kernel"
+        root = self.tracefs.root
+        was_mounted = self.tracefs.events.is_dir()
+        self.mounted_here = not was_mounted and self.tracefs.mounted()
+        if not self.tracefs.mounted():  # mounts it first where it may
+            if os.geteuid() != 0:
+                return f"{root} is not mounted and labctl is not root to mount it (mount -t tracefs nodev {root})"
+            return f"{root} is not mounted and `mount -t tracefs nodev {root}` failed"
+        if not (root / "instances").is_dir():
+            return f"{root} has no instances directory (a kernel older than 4.1?)"
+        missing = self.tracefs.missing()
+        if missing:
+            return f"tracepoints missing: {', '.join(missing)}"
+        return None
 
     def _read(self) -> None:
         assert self.instance is not None
@@ -118,7 +138,7 @@ class KernelEvents:
         if self.instance is None:
             return
         try:
-            for event in EVENTS:
+            for event in TRACEPOINTS:
                 (self.instance / "events" / event / "enable").write_text("0")
         except OSError:
             pass

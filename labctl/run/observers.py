@@ -33,7 +33,7 @@ class Observers:
         self.node_dir = node_dir
         self.progress = progress
         self.addresses = {str(i.address.ip): node.name for node in plan.nodes for i in node.interfaces}
-        self.kernel = KernelEvents(self.addresses, self._kernel_event)
+        self.kernel = KernelEvents(engine.host_observers(), self.addresses, self._kernel_event)
         self.sessions: dict[str, ActorSession] = {}
         self.lost = threading.Event()  # set by any actor that goes away during the run
 
@@ -48,8 +48,14 @@ class Observers:
     def start(self, observed: dict) -> dict[str, dict]:
         """Start everything, noting in ``observed`` (run.json's ``observers``) what runs; the actors' ready replies."""
         observed["tracepoints"] = self.kernel.start()
+        if self.kernel.mounted_here:
+            observed["made_available"] = [f"tracefs mounted at {self.kernel.tracefs.root}"]
         if not observed["tracepoints"]:
             observed["tracepoints_unavailable"] = self.kernel.unavailable
+            observed["unavailable"] = {"tracepoints": self.kernel.unavailable}
+            # Said once per run, here and in run.json; the verdicts that needed them say "undecided".
+            self.progress(f"not observed: kernel tracepoints ({self.kernel.unavailable}); "
+                          "TCP states from sampling and the captures only")
         ready = self._start_actors()
         observed["nodes"] = {name: info.get("observers") for name, info in ready.items()}
         return ready
