@@ -453,3 +453,22 @@ def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: C
         stream.close()
     code = stream.exit_code()
     return code if code is not None else 0
+
+
+def export_pcapng(run: str | Path, target, *, root: Path | None = None) -> dict:
+    """A run's captures merged into one pcapng written to ``target`` (a binary file object):
+    one interface per capture, named ``NODE:IFACE`` and described by its address, so
+    Wireshark shows where each packet was seen. ``run``: a run directory, or a lab (its
+    latest run under ``root``). Reads the run directory only."""
+    from .export import pcapng
+    from .rundir import latest_run
+
+    directory = Path(run)
+    if not (directory / "run.json").is_file():
+        found = latest_run(str(run), root) if "/" not in str(run) else None
+        if found is None:
+            raise UserError(f"{run} is not a run directory, nor a lab with runs", hint="give results/LAB/RUN-ID, or a lab that has run")
+        directory = found
+    if not (directory / "pcaps").is_dir():
+        raise UserError(f"{directory} holds no captures (no pcaps/ directory)")
+    return {"run_dir": str(directory), **pcapng.write(directory, target)}

@@ -21,7 +21,8 @@ app = typer.Typer(help="Build Docker labs of clients, routers and servers; impai
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
 image_app = typer.Typer(help="The node image every lab node runs. Example: labctl image build", no_args_is_help=True)
 app.add_typer(image_app, name="image")
-export_app = typer.Typer(help="A lab for other tools: a Compose project. Example: labctl export compose teardown", no_args_is_help=True)
+export_app = typer.Typer(help="A lab or a run for other tools: a Compose project, one pcapng. Example: labctl export compose teardown",
+                         no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -608,6 +609,37 @@ def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
         err.print(f"[yellow]note:[/yellow] the image {result.image} is not on this engine: build it with `labctl image build` "
                   "on the machine that runs docker-compose", highlight=False)
     out.print(f"next: cd {escape(str(result.directory))} && docker-compose up -d", highlight=False)
+
+
+@export_app.command("pcapng")
+def export_pcapng(run: str = typer.Argument(..., help="A run directory, or a lab (its latest run)."),
+                  output: Optional[str] = typer.Option(None, "--output", "-o", help="The pcapng file, or - for stdout (default ./RUN-ID.pcapng)."),
+                  results: Optional[str] = typer.Option(None, help="Where run directories are (default ./results or $LABCTL_RESULTS).")) -> None:
+    """Merge a run's captures into one pcapng that Wireshark opens with an interface per NODE:IFACE.
+
+    Example: labctl export pcapng teardown -o run.pcapng && wireshark run.pcapng
+    """
+    from pathlib import Path
+
+    root = Path(results) if results else None
+    if output == "-":
+        if sys.stdout.isatty():
+            raise UserError("not writing a binary capture to a terminal", hint="pipe it (-o - | tshark -r -), or -o FILE")
+        summary = api.export_pcapng(run, sys.stdout.buffer, root=root)
+        sys.stdout.buffer.flush()
+    else:
+        import tempfile
+
+        # Written beside the target, then renamed: a reader never sees half a file.
+        with tempfile.NamedTemporaryFile("wb", dir=Path(output).parent if output else Path.cwd(), suffix=".part", delete=False) as part:
+            try:
+                summary = api.export_pcapng(run, part, root=root)
+            except BaseException:
+                Path(part.name).unlink(missing_ok=True)
+                raise
+        target = Path(output) if output else Path(f"{Path(summary['run_dir']).name}.pcapng")
+        Path(part.name).replace(target)
+        err.print(f"wrote {escape(str(target))}: {summary['packets']} packet(s) from {', '.join(summary['interfaces'])}", highlight=False)
 
 
 @app.command()
