@@ -15,7 +15,7 @@ from pydantic import Field
 
 from .steps import Names, Strict, TcpState
 from .steps.packets import Match
-from .units import Duration
+from .units import MAX_COUNT, Duration, Port
 
 
 class SegmentMatch(Match):
@@ -25,9 +25,9 @@ class SegmentMatch(Match):
 
 
 class SegmentsExpect(Match):
-    count: int | None = Field(None, ge=0, description="Exactly this many.")
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=0)
+    count: int | None = Field(None, ge=0, le=MAX_COUNT, description="Exactly this many.")
+    min: int | None = Field(None, ge=0, le=MAX_COUNT)
+    max: int | None = Field(None, ge=0, le=MAX_COUNT)
     at: str | None = Field(None, description="Count in this node's capture (default: the sender's).")
     retransmission: bool | None = Field(None, description="Only retransmissions (true) or only first transmissions (false).")
     after: "SegmentMatch | None" = Field(None, description="Count only segments seen after the first one matching this (order).")
@@ -35,8 +35,8 @@ class SegmentsExpect(Match):
 
 class StatesExpect(Strict):
     node: str
-    local_port: int | None = None
-    remote_port: int | None = None
+    local_port: Port | None = None
+    remote_port: Port | None = None
     sequence: list[TcpState] | None = Field(None, description="These states, in this order (others may come between).")
     final: TcpState | None = None
     never: list[TcpState] | None = Field(None, description="States that must never be reached.")
@@ -68,9 +68,9 @@ class EventsExpect(Strict):
 
     event: Literal["tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"]
     node: str | None = None
-    count: int | None = Field(None, ge=0)
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=0)
+    count: int | None = Field(None, ge=0, le=MAX_COUNT)
+    min: int | None = Field(None, ge=0, le=MAX_COUNT)
+    max: int | None = Field(None, ge=0, le=MAX_COUNT)
 
 
 Judge = Callable[[Any, dict], Any]  # (the loaded run directory, the expectation as numbers) -> a verdict

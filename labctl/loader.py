@@ -382,7 +382,8 @@ def validate_model(model: type[BaseModel], data: Any, source: SourceMap) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(model, err, source) for err in exc.errors()]
-        problems.sort(key=lambda p: (p[0].line or 0))
+        # First in the file; on one line the most specific (of `str | Accept`, what the mapping got wrong).
+        problems.sort(key=lambda p: (p[0].line or 0, -len(p[0].field or "")))
         location, message, hint = problems[0]
         if len(problems) > 1:
             hint = (hint + "; " if hint else "") + f"{len(problems) - 1} more problem(s) after this one"
@@ -400,7 +401,8 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
     elif kind == "missing":
         message = f"required key '{loc[-1]}' is missing"
     elif kind == "string_pattern_mismatch":
-        message = f"{shown(err['input'])} is not allowed: {_field_description(model, loc, '[key]' in err['loc']) or 'wrong form'}"
+        described = _field_description(model, loc, "[key]" in err["loc"]) or _PATTERN_WORDS.get(err.get("ctx", {}).get("pattern"))
+        message = f"{shown(err['input'])} is not allowed: {described or 'wrong form'}"
     elif kind in ("literal_error", "enum"):
         message = f"{shown(err['input'])} is not allowed; expected {err['ctx']['expected']}"
     elif kind.endswith("_type") or kind.startswith("ip_"):
@@ -411,6 +413,23 @@ def _describe(model: type[BaseModel], err: Mapping[str, Any], source: SourceMap)
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
     return source.locate(loc), message, hint
+
+
+def _pattern_words() -> dict[str, str]:
+    """What each constrained word type means, by its pattern: for step models reached through unions."""
+    from . import units
+
+    words = {}
+    for annotated in (units.TcpFlags, units.SysctlName, get_args(units.SysctlValue)[0]):
+        for meta in getattr(annotated, "__metadata__", ()):
+            for inner in getattr(meta, "metadata", ()):
+                if getattr(inner, "pattern", None) and meta.description:
+                    text = meta.description.rstrip(".")
+                    words[inner.pattern] = text[0].lower() + text[1:] if text[1:2].islower() else text
+    return words
+
+
+_PATTERN_WORDS = _pattern_words()
 
 
 def _data_path(loc: tuple[Any, ...], kind: str, source: SourceMap) -> FieldPath:

@@ -122,8 +122,6 @@ SockOptValue = Annotated[int, Field(ge=0, le=2**31 - 1, description="A socket op
 # '=' means exactly these, '!' none of these.
 TcpFlags = Annotated[str, Field(pattern=r"^[=!]?[SFRPAUECsfrpauec.]{1,8}$",
                                 description="TCP flags: letters of SFRPAUEC ('.' = A); prefix '=' for exactly these, '!' for none of them.")]
-TcpState = Literal["ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSED",
-                   "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"]
 # The state filters `ss` accepts (ss(8), STATE-FILTER): what kill_socket passes it.
 SsState = Literal["all", "connected", "synchronized", "bucket", "big", "established", "syn-sent", "syn-recv",
                   "fin-wait-1", "fin-wait-2", "time-wait", "closed", "close-wait", "last-ack", "listening", "closing"]

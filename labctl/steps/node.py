@@ -7,31 +7,31 @@ from typing import Any
 
 from pydantic import Field
 
-from ..units import Duration
+from ..units import Duration, ExitStatus, Port, SsState, SysctlName, SysctlValue
 from .base import Names, StepKind, Strict, register
 
 
 class KillSocket(Strict):
     """Destroy sockets as `ss -K` does (INET_DIAG_DESTROY); TIME_WAIT ones included."""
 
-    local_port: int | None = None
-    remote_port: int | None = None
+    local_port: Port | None = None
+    remote_port: Port | None = None
     remote: str | None = Field(None, description="A node name or IPv4 address.")
-    state: str | None = Field(None, description="Only sockets in this state, e.g. time-wait.")
+    state: SsState | None = Field(None, description="Only sockets in this state, as ss names it: time-wait, established, ...")
 
 
 class Exec(Strict):
     cmd: list[str] | str = Field(description="Argument list, or a shell command line.")
     background: bool = Field(False, description="Start it and go on; it is stopped when the scenario ends.")
     timeout: Duration = 30.0
-    expect_exit: int | None = Field(0, description="The exit status that makes the step pass (null: any).")
+    expect_exit: ExitStatus | None = Field(0, description="The exit status that makes the step pass (null: any).")
 
 
 @register
 class SysctlStep(StepKind):
     """Set sysctls now; the values from before the run come back when it ends."""
 
-    key, model = "sysctl", dict[str, int | str]
+    key, model = "sysctl", dict[SysctlName, SysctlValue]
 
     def perform(self, action: dict, step: Any, run) -> dict:
         started = time.time()

@@ -6,9 +6,11 @@ in a rule and in the expectation that checks what it did.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
+
+from ..units import MAX_COUNT, Count, PortOrAny, Seq32, TcpFlags
 
 from ..units import Duration
 from .base import Names, StepKind, Strict, register
@@ -21,26 +23,26 @@ class Match(Strict):
 
     from_: str | None = Field(None, alias="from", description="Sender: a node name or IPv4 address.")
     to: str | None = Field(None, description="Receiver: a node name or IPv4 address.")
-    flags: str | None = Field(None, description="TCP flags that must be set (letters of SFRPAU; '.' = A); prefix '=' for exactly these.")
-    sport: int | None = None
-    dport: int | None = None
+    flags: TcpFlags | None = None
+    sport: PortOrAny | None = None
+    dport: PortOrAny | None = None
     payload: bool | str | None = Field(None, description="true: has payload; false: none; text: payload contains it.")
-    seq: int | None = Field(None, description="Relative sequence number (0 = the ISN of its connection).")
-    ack: int | None = Field(None, description="Relative acknowledgment number (1 acknowledges the peer's SYN).")
+    seq: Seq32 | None = Field(None, description="Relative sequence number (0 = the ISN of its connection).")
+    ack: Seq32 | None = Field(None, description="Relative acknowledgment number (1 acknowledges the peer's SYN).")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Rule(Match):
     action: Literal["drop", "delay", "duplicate", "hold", "watch"]
     after: Match | None = Field(None, description="Only after a packet matching this has been seen (context).")
-    count: int = Field(1, ge=0, description="How many packets the action applies to (0: all).")
-    nth: int = Field(1, ge=1, description="Start acting at the n-th matching packet.")
+    count: Count = Field(1, description="How many packets the action applies to (0: all).")
+    nth: int = Field(1, ge=1, le=MAX_COUNT, description="Start acting at the n-th matching packet.")
     delay: Duration | None = Field(None, description="For action delay: how long to hold each packet.")
     keep: Literal["packet", "copy"] = Field("packet", description="For hold: keep the packet (it is not delivered) or a copy (it is).")
 
 
 class Rewrite(Strict):
-    seq: Literal["shift"] | int | None = Field(None, description="'shift': move seq/ack relative to the newest connection on the same 4-tuple; a number: add it.")
+    seq: Literal["shift"] | Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)] | None = Field(None, description="'shift': move seq/ack relative to the newest connection on the same 4-tuple; a number: add it.")
     strip_timestamps: bool = Field(False, description="Replace the TCP timestamps option with NOPs.")
 
 

@@ -6,16 +6,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..units import Duration
+from ..units import Bytes, Duration, Port, PortOrAny, SockOptValue
 from .base import Names, StepKind, Strict, register
 
 SOCKET_TIMEOUT = 5.0  # seconds, for calls that have no timeout of their own
 
 
 class Listen(Strict):
-    port: int = Field(ge=1, le=65535)
+    port: Port
     address: str = Field("0.0.0.0", description="Local address to bind.")
-    backlog: int = 16
+    backlog: int = Field(16, ge=0, le=65535)
     reuseaddr: bool = Field(False, description="Set SO_REUSEADDR before bind.")
     reuseport: bool = False
 
@@ -27,12 +27,12 @@ class Accept(Strict):
 
 class Bind(Strict):
     address: str = "0.0.0.0"
-    port: int = Field(0, ge=0, le=65535)
+    port: PortOrAny = 0
 
 
 class Connect(Strict):
     to: str = Field(description="A node name or IPv4 address.")
-    port: int = Field(ge=1, le=65535)
+    port: Port
     bind: Bind | None = Field(None, description="Local address and port to bind first.")
     reuseaddr: bool = Field(False, description="Set SO_REUSEADDR before bind/connect.")
     timeout: Duration = 10.0
@@ -41,12 +41,12 @@ class Connect(Strict):
 class Send(Strict):
     sock: str
     data: str = Field("", description="Text to send (UTF-8).")
-    size: int | None = Field(None, ge=1, description="Send this many bytes of a repeating pattern instead of data.")
+    size: Bytes | None = Field(None, description="Send this many bytes of a repeating pattern instead of data.")
 
 
 class Recv(Strict):
     sock: str
-    size: int = Field(65536, ge=1)
+    size: Bytes = 65536
     expect: str | None = Field(None, description="The text that must arrive; the step fails otherwise.")
     timeout: Duration = 5.0
     all: bool = Field(False, description="Keep reading until `size` bytes or end of stream.")
@@ -59,13 +59,13 @@ class Shutdown(Strict):
 
 class Linger(Strict):
     onoff: int = Field(1, ge=0, le=1)
-    linger: int = Field(0, ge=0)
+    linger: int = Field(0, ge=0, le=3600, description="Seconds close() waits for unsent data (at most an hour).")
 
 
 class SetSockOpt(Strict):
     sock: str
     option: Literal["SO_LINGER", "SO_REUSEADDR", "SO_REUSEPORT", "TCP_NODELAY", "SO_RCVBUF", "SO_SNDBUF", "SO_KEEPALIVE"]
-    value: int | Linger
+    value: SockOptValue | Linger
 
 
 @register

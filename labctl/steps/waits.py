@@ -6,19 +6,19 @@ from typing import Any
 
 from pydantic import Field
 
-from ..units import Duration
+from ..units import MAX_COUNT, Duration, Port
 from .base import Names, StepKind, Strict, TcpState, register
 
 
 class Wait(Strict):
     node: str | None = None
     state: TcpState | None = Field(None, description="Wait until a socket on `node` is in this state.")
-    local_port: int | None = None
-    remote_port: int | None = None
+    local_port: Port | None = None
+    remote_port: Port | None = None
     gone: bool = Field(False, description="Wait until no socket is in `state` any more.")
     step: str | None = Field(None, description="Wait until a background step has finished.")
     rule: str | None = Field(None, description="Wait until this rule has acted `count` times.")
-    count: int = 1
+    count: int = Field(1, ge=1, le=MAX_COUNT)
     timeout: Duration = 10.0
 
 
