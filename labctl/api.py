@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 from . import nodes as agent
 from .engine import DeployReport, Engine, ExecResult, default_engine
-from .errors import UserError
+from .errors import EngineError, UserError
 from .impairments import apply_lab, heal_loop, in_force, loop_link, parse_impairment, set_link, start_loop
 from .loader import LoadedLab, available_labs, load_lab
 from .plan import LabPlan, plan_lab
@@ -424,14 +424,12 @@ def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: C
     Runs until ``count`` packets, the node going away, or the caller's KeyboardInterrupt
     (after which the capture in the node is stopped too). Returns tcpdump's exit status.
     """
-    import json
-
     engine = engine or default_engine()
     name = lab_name(lab)
-    inspected = engine.exec(name, node, ["python3", "-m", "labctl.agent", "inspect"])
-    if inspected.exit_code != 0:
-        raise UserError(f"cannot list the interfaces of {node}: {inspected.stderr.strip()[-300:]}")
-    interfaces = [i["name"] for i in json.loads(inspected.stdout)["interfaces"]]
+    try:
+        interfaces = [i["name"] for i in agent.inspect(engine, name, node).interfaces]
+    except EngineError as exc:
+        raise UserError(f"cannot list the interfaces of {node}: {exc.message[-300:]}") from None
     if interface is None:
         interface = interfaces[0] if len(interfaces) == 1 else "any"
     elif interface not in interfaces and interface != "any":

@@ -13,8 +13,9 @@ import io
 import json
 import tarfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .agent import protocol
 from .agent.protocol import (ActorCall, Hosts, Impair, Inspection, Loop, LoopReply, ProbeReply, Reply, Setup, SetupReply,
@@ -22,9 +23,12 @@ from .agent.protocol import (ActorCall, Hosts, Impair, Inspection, Loop, LoopRep
 from .engine import Engine, ExecResult
 from .errors import EngineError, UserError
 
+if TYPE_CHECKING:
+    from .plan import NodePlan
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_DIR = ROOT / "labctl" / "agent"
-R = TypeVar("R", bound=Reply)
+PARALLEL = 8  # agent calls at once
 
 
 class NodeLost(Exception):
@@ -116,6 +120,12 @@ def write_hosts(engine: Engine, lab: str, node: str, hosts: Mapping[str, str]) -
     call(engine, lab, node, "hosts", Hosts(dict(hosts)))
 
 
+def refresh_hosts(engine: Engine, lab: str, nodes: Sequence[NodePlan]) -> None:
+    """Nodes that stay in a changed lab learn every node's address by name, in parallel."""
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(nodes))) as pool:
+        list(pool.map(lambda node: write_hosts(engine, lab, node.name, node.hosts_map()), nodes))
+
+
 def inspect(engine: Engine, lab: str, node: str) -> Inspection:
     return call(engine, lab, node, "inspect")
 
@@ -165,7 +175,6 @@ class ActorSession:
         self.ready: dict | None = None
         self.closed = False
         self.stopping = False  # the runner asked the actor to stop: its end is no loss
-        self.mismatch: str | None = None
         self.reader = threading.Thread(target=self._read, daemon=True, name=f"actor-{node}")
         self.reader.start()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from typing import Callable
 
 from . import protocol
 
@@ -33,10 +34,9 @@ HANDLERS = {
 assert set(HANDLERS) == set(protocol.COMMANDS)
 
 
-def one_shot(command: str, argv: list[str]) -> protocol.Reply:
+def answer(command: str, argv: list[str], handler: Callable) -> protocol.Reply:
+    """A one-shot command's request decoded from its argument, handled, its failure a reply."""
     request_type, _ = protocol.COMMANDS[command]
-    module, function = HANDLERS[command]
-    handler = getattr(importlib.import_module(f"{__package__}.{module}"), function)
     try:
         if request_type is None:
             return handler()
@@ -46,12 +46,25 @@ def one_shot(command: str, argv: list[str]) -> protocol.Reply:
         return protocol.Reply(ok=False, error=str(exc))
 
 
+def handler_of(command: str) -> Callable:
+    module, function = HANDLERS[command]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+
+
+def versioned(argv: list[str]) -> list[str] | None:
+    """The command line after the protocol version it names; None (said on stderr) if it is not ours."""
+    if argv[:1] != [protocol.VERSION_FLAG]:
+        return argv  # a person at the node's shell: no version named
+    if argv[1:2] != [str(protocol.PROTOCOL_VERSION)]:
+        print(protocol.mismatch_message(argv[1] if len(argv) > 1 else "?"), file=sys.stderr)
+        return None
+    return argv[2:]
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] == [protocol.VERSION_FLAG]:
-        if argv[1:2] != [str(protocol.PROTOCOL_VERSION)]:
-            print(protocol.mismatch_message(argv[1] if len(argv) > 1 else "?"), file=sys.stderr)
-            return protocol.EXIT_MISMATCH
-        argv = argv[2:]
+    argv = versioned(argv)
+    if argv is None:
+        return protocol.EXIT_MISMATCH
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -71,7 +84,7 @@ def main(argv: list[str]) -> int:
     if command not in protocol.COMMANDS:
         print(f"unknown agent command: {command}\n{USAGE}", file=sys.stderr)
         return 2
-    reply = one_shot(command, rest)
+    reply = answer(command, rest, handler_of(command))
     json.dump(reply.to_json(), sys.stdout)
     sys.stdout.write("\n")
     return 0 if reply.ok else 1

@@ -28,6 +28,16 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """The node image an engine runs labs on, and how it came to be."""
+
+    tag: str
+    base: str
+    base_kind: str  # docker: "local", "pulled", "offline-bootstrap", "explicit"
+    built: bool
+
+
+@dataclass(frozen=True)
 class NodeState:
     lab: str
     node: str
@@ -94,7 +104,7 @@ class Engine(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
-    def ensure_image(self, *, offline: bool = False, rebuild: bool = False, progress: Progress | None = None): ...
+    def ensure_image(self, *, offline: bool = False, rebuild: bool = False, progress: Progress | None = None) -> ImageInfo: ...
 
     @abstractmethod
     def image_present(self) -> str | None:

@@ -19,7 +19,8 @@ import docker.types
 from ... import nodes as agent
 from ...errors import EngineError
 from ...plan import LabPlan, LinkPlan, NodePlan
-from .. import DeployReport, Progress
+from .. import DeployReport, Progress, reconcile
+from ..reconcile import Held
 from . import hostfw
 from .client import PARALLEL, reason
 from .labels import (LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, OWNER,
@@ -53,57 +54,49 @@ def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress
     return report
 
 
-def _stale(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict, dict, dict]:
-    """(networks, containers, stale networks, stale containers), by link and node name."""
-    wanted_links = {link.name: link for link in plan.links}
-    wanted_nodes = {node.name: node for node in plan.nodes}
+def _held(engine: "DockerEngine", plan: LabPlan) -> tuple[dict, dict, dict, dict]:
+    """(networks, containers) by link and node name, and the same as ``reconcile.Held``."""
     networks = {(n.attrs.get("Labels") or {}).get(LABEL_LINK): n for n in engine.inventory.networks(plan.lab)}
     containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.lab)}
-    stale_networks = {name: net for name, net in networks.items()
-                      if name not in wanted_links or (net.attrs.get("Labels") or {}).get(LABEL_SPEC) != wanted_links[name].spec_hash()}
-    stale_network_names = {net.name for net in stale_networks.values()}
-    stale_containers = {}
+    link_of = {net.name: name for name, net in networks.items()}
+    links = {name: Held((net.attrs.get("Labels") or {}).get(LABEL_SPEC, "")) for name, net in networks.items()}
+    nodes = {}
     for name, ctr in containers.items():
-        attached = set(((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
-        if (name not in wanted_nodes or ctr.labels.get(LABEL_SPEC) != wanted_nodes[name].spec_hash(image)
-                or ctr.status != "running" or attached & stale_network_names):
-            stale_containers[name] = ctr
-    return networks, containers, stale_networks, stale_containers
+        attached = ((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()
+        nodes[name] = Held(ctr.labels.get(LABEL_SPEC, ""), ctr.status == "running",
+                           frozenset(link_of[n] for n in attached if n in link_of))
+    return networks, containers, links, nodes
 
 
 def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress, report: DeployReport,
                remember: Remember) -> None:
-    networks, containers, stale_networks, stale_containers = _stale(engine, plan, image)
-    for name, ctr in stale_containers.items():
+    networks, containers, held_links, held_nodes = _held(engine, plan)
+    todo = reconcile.changes(plan, image, held_links, held_nodes)
+    for name in todo.stale_nodes:
         progress(f"removing node {name} (changed or not running)")
-        ctr.remove(force=True)
-        report.removed.append(ctr.name)
-    for name, net in stale_networks.items():
+        containers[name].remove(force=True)
+        report.removed.append(containers[name].name)
+    for name in todo.stale_links:
         progress(f"removing link {name} (changed)")
-        net.remove()
-        report.removed.append(net.name)
+        networks[name].remove()
+        report.removed.append(networks[name].name)
 
-    if any(link.name not in networks or link.name in stale_networks for link in plan.links):
+    if todo.new_links:
         engine.allow_bridged_frames(image, progress)
-    for link in plan.links:
-        if link.name in networks and link.name not in stale_networks:
-            report.kept.append(network_name(plan.lab, link.name))
-            continue
+    report.kept.extend(network_name(plan.lab, link.name) for link in todo.kept_links)
+    for link in todo.new_links:
         progress(f"creating link {link.name} {link.subnet}")
         _create_network(engine, plan, link, remember)
         report.created.append(network_name(plan.lab, link.name))
 
-    todo = [node for node in plan.nodes if node.name not in containers or node.name in stale_containers]
-    kept = [node for node in plan.nodes if node.name in containers and node.name not in stale_containers]
-    report.kept.extend(container_name(plan.lab, node.name) for node in kept)
-    if todo:
-        _create_nodes(engine, plan, todo, image, progress, remember)
-        report.created.extend(container_name(plan.lab, node.name) for node in todo)
-        report.fresh.update(node.name for node in todo)
-    if report.changed and kept:
+    report.kept.extend(container_name(plan.lab, node.name) for node in todo.kept_nodes)
+    if todo.new_nodes:
+        _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember)
+        report.created.extend(container_name(plan.lab, node.name) for node in todo.new_nodes)
+        report.fresh.update(node.name for node in todo.new_nodes)
+    if report.changed and todo.kept_nodes:
         # Nodes that stay learn the names of the new ones.
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(kept))) as pool:
-            list(pool.map(lambda node: agent.write_hosts(engine, plan.lab, node.name, node.hosts_map()), kept))
+        agent.refresh_hosts(engine, plan.lab, todo.kept_nodes)
 
 
 def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember) -> None:

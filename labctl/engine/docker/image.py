@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ import docker
 import docker.errors
 
 from ...errors import EngineError
+from .. import ImageInfo
 from ...nodes import ROOT, agent_files, tar_of
 
 DOCKER_DIR = ROOT / "docker"
@@ -38,14 +38,6 @@ PER_PACKAGE = re.compile(r"^(Retrieving|Validating|Extracting|Unpacking|Configur
 
 def _quiet(_: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    tag: str
-    base: str
-    base_kind: str  # "local", "pulled", "offline-bootstrap", "explicit"
-    built: bool
 
 
 def packages() -> list[str]:
