@@ -46,7 +46,11 @@ def one_sweep(lab: Path, out: Path, repeat: int, parallel: int) -> dict:
     record = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
     session = (record.get("sessions") or [{}])[-1]
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
-    runs = (summary.get("counts") or {}).get("finished", 0)
+    runs = (summary.get("counts") or {}).get("finished")
+    if runs is None:  # interrupted: no summary was written; count what finished
+        from labctl.sweep import finished
+
+        runs = sum(finished(p) for p in (out / "runs").glob("[0-9]*")) if (out / "runs").is_dir() else 0
     return {"parallel": parallel, "workers": session.get("workers"), "runs": runs, "exit": code, "wall_s": round(wall, 2),
             "runs_per_min": round(runs / wall * 60, 2) if wall else None, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "passed": (summary.get("counts") or {}).get("passed"), "note": session.get("note") or "",

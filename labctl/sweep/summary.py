@@ -228,7 +228,7 @@ def markdown(summary: Summary) -> str:
            *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body), "",
            "![pass rate and metric against the swept parameters](chart.svg)", "",
            f"labctl {summary.sweep.get('labctl_version')}; kernel {machine.get('kernel')}, {machine.get('cores')} cores, "
-           f"engine {machine.get('engine')}. Per run: `runs.csv` and `runs/<task>/`. Redraw: `labctl report {summary.dir}`.", ""]
+           f"engine {machine.get('engine')}. Per run: `runs.csv` and `runs/<task>/`. Redraw: `labctl report` on this directory.", ""]
     return "\n".join(out)
 
 
