@@ -232,9 +232,6 @@ def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
 def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node_image, tmp_path):
     project = tmp_path / "teardown-compose"
     engine.destroy("teardown")  # as the other teardown tests do: its subnets and names are fixed
-    if not Path("/sys/kernel/tracing/events").is_dir():
-        # `labctl run` relies on tracefs being mounted (as `labctl doctor` does for root).
-        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True)
     exported = run_cli("export", "compose", "teardown", "-o", str(project), "--json")
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["image"] == node_image
@@ -276,3 +273,37 @@ def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node
     assert down.returncode == 0, down.stderr
     assert lab_objects(engine, "teardown") == []
     assert engine.client.containers.list(all=True, filters={"label": "com.docker.compose.project=labctl-teardown"}) == []
+
+
+@pytest.mark.engine
+def test_a_node_on_its_own_image_starts_with_the_mounted_agent(engine, node_image, make_lab, tmp_path):
+    """The agent is not in such an image: the export puts it beside compose.yaml and mounts it."""
+    from labctl.engine.docker import image as images
+
+    base = images.offline_base_tag()
+    if not images.has_image(engine.client, base):
+        images.bootstrap_base(engine.client, base, lambda _: None)
+    directory = make_lab(f"""
+nodes:
+  plain: {{image: "{base}"}}
+  server: {{}}
+links:
+  - {{name: net, endpoints: [plain, server]}}
+""")
+    name = directory.name
+    project = tmp_path / "compose"
+    exported = run_cli("export", "compose", str(directory), "-o", str(project))
+    assert exported.returncode == 0, exported.stderr
+    assert (project / "labctl-agent" / "labctl" / "agent" / "netsetup.py").is_file()
+    try:
+        up = _compose(project, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        _wait_healthy(engine, name, 2)
+        ping = engine.exec(name, "plain", ["ping", "-c", "1", "-W", "2", "server"])
+        assert ping.exit_code == 0 and "ttl=64" in ping.stdout, ping.stdout + ping.stderr
+        names = engine.exec(name, "plain", ["ip", "-j", "link"]).stdout
+        assert "net" in [link["ifname"] for link in json.loads(names)]  # renamed by the agent's setup
+    finally:
+        down = _compose(project, "down")
+    assert down.returncode == 0, down.stderr
+    assert lab_objects(engine, name) == []
