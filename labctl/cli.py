@@ -195,30 +195,40 @@ def run(lab: str = LAB_ARG,
     """
     from pathlib import Path
 
+    from .analyze.results import exit_status
+
     with progress_shown(not as_json) as progress:
         outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
+    statuses = [exit_status(r.verdicts, r.status == "complete") for r in outcomes]
     if as_json:
         out.print_json(data=[{"scenario": r.scenario, "run_dir": str(r.path), "status": r.status, "passed": r.passed,
-                              "verdicts": [v.to_json() for v in r.verdicts]} for r in outcomes])
+                              "outcome": OUTCOME_OF_STATUS[code], "verdicts": [v.to_json() for v in r.verdicts]}
+                             for r, code in zip(outcomes, statuses)])
     else:
-        for outcome in outcomes:
-            _print_verdicts(outcome)
-        passed = sum(r.passed for r in outcomes)
-        out.print(f"[bold]{passed} of {len(outcomes)} run(s) passed[/bold]")
-    raise typer.Exit(0 if all(r.passed for r in outcomes) else 1)
+        for outcome, code in zip(outcomes, statuses):
+            _print_verdicts(outcome, code)
+        passed, undecided = statuses.count(0), statuses.count(3)
+        out.print(f"[bold]{passed} of {len(outcomes)} run(s) passed[/bold]"
+                  + (f", [yellow]{undecided} undecided[/yellow] (evidence this machine could not collect)" if undecided else ""))
+    raise typer.Exit(1 if 1 in statuses else 3 if 3 in statuses else 0)
 
 
-def _print_verdicts(outcome) -> None:
-    table = Table(title=f"{outcome.scenario}: {'[green]passed[/green]' if outcome.passed else '[red]FAILED[/red]'}"
-                        f" ({outcome.status})  {outcome.path}", title_justify="left")
+OUTCOME_OF_STATUS = {0: "pass", 1: "fail", 3: "undecided"}
+VERDICT_WORDS = {"pass": "[green]ok[/green]", "fail": "[red]FAIL[/red]", "undecided": "[yellow]undecided[/yellow]"}
+
+
+def _print_verdicts(outcome, code: int) -> None:
+    heading = {0: "[green]passed[/green]", 1: "[red]FAILED[/red]", 3: "[yellow]UNDECIDED[/yellow]"}[code]
+    table = Table(title=f"{outcome.scenario}: {heading} ({outcome.status})  {outcome.path}", title_justify="left")
     table.add_column("")
     table.add_column("expectation")
     table.add_column("observed")
     for verdict in outcome.verdicts:
         title = (verdict.name + "\n") if verdict.name else ""
-        table.add_row("[green]ok[/green]" if verdict.passed else "[red]FAIL[/red]", escape(title + verdict.description),
-                      escape(verdict.observed))
-        if not verdict.passed:
+        table.add_row(VERDICT_WORDS[verdict.outcome], escape(title + verdict.description), escape(verdict.observed))
+        if verdict.undecided and verdict.reason and verdict.reason not in verdict.observed:
+            table.add_row("", "", f"[yellow]why undecided: {escape(verdict.reason)}[/yellow]")
+        if verdict.failed:
             for item in verdict.evidence[:5]:
                 table.add_row("", "", f"[dim]{escape(item.text)[:160]}[/dim]")
     out.print(table)

@@ -113,7 +113,8 @@ def test_failed_expectations_exit_1_with_the_evidence(runlab):
     [outcome] = json.loads(result.stdout)
     verdicts = {v["description"]: v for v in outcome["verdicts"]}
     fin = verdicts["exactly 3 [F] segments from client to server"]
-    assert not fin["passed"] and fin["observed"] == "1 seen"
+    assert (fin["passed"], fin["outcome"], fin["details"]["count"]) == (False, "fail", 1)
+    assert fin["observed"] == f"1 seen: #{fin['evidence'][0]['transmission']}"
     assert "[FA] seq 1 ack 1 len 0" in fin["evidence"][0]["summary"]
     syn = verdicts["no [S] segments from client"]
     assert not syn["passed"] and syn["evidence"][0]["summary"].endswith("[S] seq 0 ack 0 len 0")

@@ -39,11 +39,14 @@ def evidence_links(report: Report, evidence) -> str:
     return ", ".join(links) or "-"
 
 
+MARKS = {"pass": "✅ pass", "fail": "❌ **FAIL**", "undecided": "❔ undecided"}
+
+
 def render(report: Report, *, fold: bool = True, heading: int = 1) -> str:
     h = "#" * heading
     run = report.run
     out = [f"{h} labctl report: {cell(report.title)}", ""]
-    verdict = "**PASSED**" if report.passed else "**FAILED**"
+    verdict = f"**{report.headline}**"
     held = sum(v.passed for v in report.verdicts)
     out.append(f"{verdict}: {held} of {len(report.verdicts)} expectations held. Run {code(str(report.run_dir))}, "
                f"{cell(run.get('status'))}, started {when(run.get('started'))}.")
@@ -53,9 +56,10 @@ def render(report: Report, *, fold: bool = True, heading: int = 1) -> str:
         out += ["", "Parameters: " + ", ".join(f"{code(f'{k}={v}')}" for k, v in run["params"].items())]
     out += ["", f"{h}# Expectations", "", "| | expectation | observed | evidence |", "|---|---|---|---|"]
     for v in report.verdicts:
-        mark = "✅ pass" if v.passed else "❌ **FAIL**"
+        mark = MARKS[v.outcome]
         name = f"**{cell(v.name)}**: " if v.name else ""
-        out.append(f"| {mark} | {name}{cell(v.description)} | {cell(v.observed)} | {evidence_links(report, v.evidence)} |")
+        observed = v.observed + (f" (why undecided: {v.reason})" if v.undecided and v.reason and v.reason not in v.observed else "")
+        out.append(f"| {mark} | {name}{cell(v.description)} | {cell(observed)} | {evidence_links(report, v.evidence)} |")
     if not report.verdicts:
         out.append("| | the scenario has no expectations | | |")
     s = report.summary
@@ -117,8 +121,8 @@ def render(report: Report, *, fold: bool = True, heading: int = 1) -> str:
 def render_compare(comparison: Comparison) -> str:
     a, b = comparison.a, comparison.b
     out = ["# labctl comparison", "",
-           f"- **A**: {cell(a.title)}, {'passed' if a.passed else '**FAILED**'}, {code(str(a.run_dir))}, parameters {code(params_text(a))}",
-           f"- **B**: {cell(b.title)}, {'passed' if b.passed else '**FAILED**'}, {code(str(b.run_dir))}, parameters {code(params_text(b))}", "",
+           f"- **A**: {cell(a.title)}, {'passed' if a.passed else f'**{a.headline}**'}, {code(str(a.run_dir))}, parameters {code(params_text(a))}",
+           f"- **B**: {cell(b.title)}, {'passed' if b.passed else f'**{b.headline}**'}, {code(str(b.run_dir))}, parameters {code(params_text(b))}", "",
            f"{comparison.differences} difference(s); rows that differ are marked **≠** and in bold.", "",
            "## Counts", "", "| | A | B | |", "|---|---|---|---|"]
     for name, x, y in comparison.summary:

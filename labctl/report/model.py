@@ -241,6 +241,17 @@ class Report:
         return self.run.get("status") == "complete" and all(v.passed for v in self.verdicts)
 
     @property
+    def outcome(self) -> str:
+        """pass, fail (one failed, or the run did not complete), or undecided (none failed, one could not be told)."""
+        if self.run.get("status") != "complete" or any(v.outcome == "fail" for v in self.verdicts):
+            return "fail"
+        return "undecided" if any(v.undecided for v in self.verdicts) else PASS
+
+    @property
+    def headline(self) -> str:
+        return {"pass": "PASSED", "fail": "FAILED", "undecided": "UNDECIDED"}[self.outcome]
+
+    @property
     def summary(self) -> dict[str, int]:
         rsts = [s for s in self.segments if s.rst]
         return {
@@ -255,7 +266,8 @@ class Report:
             "dropped": sum(s.fate == "dropped" for s in self.segments),
             "rule_actions": len(self.rules),
             "expectations": len(self.verdicts),
-            "failed": sum(not v.passed for v in self.verdicts),
+            "failed": sum(v.outcome == "fail" for v in self.verdicts),
+            "undecided": sum(v.undecided for v in self.verdicts),
         }
 
     def segment(self, ref: str) -> SegmentRow | None:

@@ -40,13 +40,19 @@ def when(t: float | None) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "?"
 
 
-def verdict_word(passed: bool) -> str:
-    return "[green]ok[/green]" if passed else "[bold red]FAIL[/bold red]"
+def verdict_word(outcome: str | bool) -> str:
+    if isinstance(outcome, bool):
+        outcome = "pass" if outcome else "fail"
+    return {"pass": "[green]ok[/green]", "fail": "[bold red]FAIL[/bold red]", "undecided": "[bold yellow]undecided[/bold yellow]"}[outcome]
+
+
+HEADLINE_STYLE = {"pass": "bold green", "fail": "bold red", "undecided": "bold yellow"}
 
 
 def parts(report: Report, fold: bool = True, width: int = 120) -> list:
     run = report.run
-    status = "[bold green]PASSED[/bold green]" if report.passed else "[bold red]FAILED[/bold red]"
+    style = HEADLINE_STYLE[report.outcome]
+    status = f"[{style}]{report.headline}[/{style}]"
     head = Text.from_markup(f"[bold]{escape(report.title)}[/bold]  {status}  ({escape(str(run.get('status')))}, "
                             f"{sum(v.passed for v in report.verdicts)}/{len(report.verdicts)} expectations held)\n"
                             f"{escape(str(report.run_dir))}  started {when(run.get('started'))}")
@@ -99,7 +105,8 @@ def verdict_table(report: Report) -> Table:
     table.add_column("observed", ratio=3)
     table.add_column("evidence", ratio=1)
     for v in report.verdicts:
-        table.add_row(verdict_word(v.passed), escape((f"{v.name}: " if v.name else "") + v.description), escape(v.observed),
+        observed = v.observed + (f"\nwhy undecided: {v.reason}" if v.undecided and v.reason and v.reason not in v.observed else "")
+        table.add_row(verdict_word(v.outcome), escape((f"{v.name}: " if v.name else "") + v.description), escape(observed),
                       escape(evidence_text(report, v.evidence)))
     if not report.verdicts:
         table.add_row("", "[dim]the scenario has no expectations[/dim]", "", "")
@@ -141,9 +148,9 @@ def socket_table(report: Report) -> Table:
 def render_compare(comparison: Comparison, *, color: bool = False, width: int | None = None) -> str:
     console, buffer = _console(color, width or 160)
     a, b = comparison.a, comparison.b
-    head = Text.from_markup(f"[bold]A[/bold] {escape(a.title)} ({'passed' if a.passed else 'FAILED'})  {escape(str(a.run_dir))}"
+    head = Text.from_markup(f"[bold]A[/bold] {escape(a.title)} ({'passed' if a.passed else a.headline})  {escape(str(a.run_dir))}"
                             f"  params: {escape(params_text(a))}\n"
-                            f"[bold]B[/bold] {escape(b.title)} ({'passed' if b.passed else 'FAILED'})  {escape(str(b.run_dir))}"
+                            f"[bold]B[/bold] {escape(b.title)} ({'passed' if b.passed else b.headline})  {escape(str(b.run_dir))}"
                             f"  params: {escape(params_text(b))}\n"
                             f"{comparison.differences} difference(s), highlighted")
     console.print(Panel(head, title="compare", expand=False))
