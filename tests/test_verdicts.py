@@ -14,7 +14,7 @@ from labctl.analyze.results import SegmentRef, SocketRef, StepRef, Verdict, exit
 from labctl.analyze.verdicts import judge
 from labctl.report import jsonreport, markdown
 from labctl.report.model import build
-from labctl.runner import RunResult
+from labctl.run import RunResult
 
 from . import synthetic
 
