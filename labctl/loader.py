@@ -188,7 +188,7 @@ def parse_yaml(text: str, path: Path | None, rendered: Rendered | None = None) -
     builder = _Builder(path, rendered)
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _EventLoader(text)
         data = builder.build(loader)
     except yaml.reader.ReaderError as exc:
         line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
@@ -209,6 +209,12 @@ def parse_yaml(text: str, path: Path | None, rendered: Rendered | None = None) -
 
 
 _EMPTY = object()
+# Plain scalars already read (a matrix renders the same file once per point): (tag, text) -> value.
+# Only immutable values (numbers, booleans, null, text) are kept.
+_SCALARS: dict[tuple[str | None, str], Any] = {}
+# libyaml's parser where PyYAML has it (the same events, several times faster); both are
+# iterative state machines, so neither recurses however deep a document nests.
+_EventLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -317,7 +323,7 @@ class _Builder:
         where = parent.here
         if not isinstance(event, yaml.ScalarEvent):
             raise self.fail("a key must be a plain word", event, where)
-        if event.value == "<<" and event.style is None and event.tag is None:
+        if event.value == "<<" and not event.style and event.tag is None:
             raise self.fail("merge keys (<<) are not supported: write the keys out (an alias may repeat one value)", event, where)
         if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
             raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, where)
@@ -332,7 +338,7 @@ class _Builder:
         if event.tag not in (None, "!") and event.tag not in _PLAIN_TAGS:
             raise self.fail(f"tag {event.tag} is not allowed: lab files hold plain data only", event, here)
         text = event.value
-        plain = event.style is None and event.tag is None
+        plain = not event.style and event.tag is None  # libyaml says "" for plain, PyYAML None
         rendered = self.rendered
         if rendered is not None and rendered.has_tokens(text):
             whole, value = rendered.whole(text)
@@ -341,6 +347,11 @@ class _Builder:
             text = rendered.substitute(text)
             if not plain:
                 return text
+        if event.tag is None and not plain:
+            return text  # quoted or a block: text as written
+        key = (event.tag, text)
+        if key in _SCALARS:
+            return _SCALARS[key]
         if event.tag in (None, "!"):
             tag = self.constructor.resolve(yaml.ScalarNode, text, event.implicit if not plain else (True, False))
         else:
@@ -348,9 +359,13 @@ class _Builder:
         if tag not in _PLAIN_TAGS:
             return text  # timestamps, '=' and the like: YAML 1.1 extras read as the text written
         try:
-            return self.constructor.yaml_constructors[tag](self.constructor, yaml.ScalarNode(tag, text, event.start_mark, event.end_mark))
+            value = self.constructor.yaml_constructors[tag](self.constructor, yaml.ScalarNode(tag, text, event.start_mark, event.end_mark))
         except (ValueError, yaml.YAMLError) as exc:
             raise self.fail(f"{text[:40]!r} is not a valid {tag.rsplit(':', 1)[-1]}: {str(exc).splitlines()[0][:80]}", event, here) from None
+        if len(_SCALARS) > 100_000:
+            _SCALARS.clear()
+        _SCALARS[key] = value
+        return value
 
     def alias(self, event: Any, here: FieldPath) -> Any:
         name = event.anchor
@@ -728,6 +743,7 @@ def load_scenarios(loaded: LoadedLab, names: Sequence[str] = (), params: Mapping
 
 
 MAX_MATRIX_POINTS = 1_000  # runs one scenario file's matrix may ask for
+MAX_MATRIX_WORK = 2_000_000  # values parsed over all of its points together (each point renders the whole file)
 
 
 def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, str]) -> list[LoadedScenario]:
@@ -749,10 +765,15 @@ def load_scenario_file(path: Path, loaded: LoadedLab, overrides: Mapping[str, st
                            location=head_source.locate(("matrix",)), hint="fix some axes with -p NAME=VALUE, or split the sweep")
     points = [dict(zip(axes, values)) for values in product(*axes.values())] or [{}]
     result = []
+    compiled = template.LabTemplate(text, path)
     for point in points:
         params = {**defaults, **point, **overrides}
-        rendered = render_template(text, path, params)
+        rendered = compiled.render(params)
         data, source = parse_yaml(rendered.text, path, rendered)
+        if len(points) * len(source.lines) > MAX_MATRIX_WORK:
+            raise LabFileError(f"the matrix renders this file {len(points):,} times with {len(source.lines):,} values each; "
+                               f"validating all of them is limited to {MAX_MATRIX_WORK:,} values",
+                               location=head_source.locate(("matrix",)), hint="fewer points, or fewer values per point (e.g. long lists)")
         scenario = validate_model(Scenario, data, source)
         one = LoadedScenario(scenario, source, params, point)
         check_scenario(one, loaded)

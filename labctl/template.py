@@ -332,48 +332,77 @@ def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
                         return
 
 
+class LabTemplate:
+    """A lab or scenario file compiled once; rendered once per set of parameters (a matrix point)."""
+
+    def __init__(self, text: str, path: Path | None, undefined: type[jinja2.Undefined] = jinja2.StrictUndefined):
+        self.path = path
+        self.env = env = LabEnvironment(undefined)
+        try:
+            tree = env.parse(text)
+        except jinja2.TemplateSyntaxError as exc:
+            raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
+        except RecursionError:
+            raise LabFileError("template nested too deeply", location=Location(path, _deepest_line(text))) from None
+        _bound_template(env, tree, path)
+        try:
+            self.template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+        except jinja2.TemplateSyntaxError as exc:
+            raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
+        except (RecursionError, SyntaxError, MemoryError, ValueError):
+            raise LabFileError("template nested too deeply to compile", location=Location(path, _deepest_line(text))) from None
+
+    def render(self, params: Mapping[str, Any]) -> Rendered:
+        """Every problem is a LabFileError at the template's line."""
+        env, path = self.env, self.path
+        env.iterations = 0
+        chunks: list[str] = []
+        size = 0
+        try:
+            output = self.template.generate(**params)
+            for chunk in output:
+                size += len(chunk)
+                if size > MAX_RENDERED_CHARS:
+                    # Thrown in where the template stands, so the error names its line.
+                    output.throw(TemplateBudget(f"output of more than {MAX_RENDERED_CHARS:,} characters"))
+                chunks.append(chunk)
+        except jinja2.UndefinedError as exc:
+            raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path, _template_line(exc)),
+                               hint="give it with -p NAME=VALUE, or use a default: {{ name | default('x') }}") from None
+        except TemplateBudget as exc:
+            raise LabFileError(f"template too large: {exc}", location=Location(path, _template_line(exc)),
+                               hint="lab files are bounded so that no file can hang or exhaust labctl (see Limits in the README)") from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise LabFileError(f"template not allowed: {exc}", location=Location(path, _template_line(exc))) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
+        except RecursionError as exc:
+            raise LabFileError("template recursion too deep", location=Location(path, _template_line(exc))) from None
+        except Exception as exc:  # noqa: BLE001 - anything a template's own expressions raise is the author's to fix
+            raise LabFileError(f"template error: {_describe(exc)}", location=Location(path, _template_line(exc))) from None
+        # Printed values accumulate over renderings (constants are printed once, when compiling).
+        pattern = re.compile(re.escape(env.nonce) + r"x[0-9]+x") if env.values else None
+        return Rendered("".join(chunks), env.values, pattern)
+
+
 def render(text: str, path: Path | None, params: Mapping[str, Any], undefined: type[jinja2.Undefined] = jinja2.StrictUndefined) -> Rendered:
-    """Render a lab or scenario file; every problem is a LabFileError at the template's line."""
-    env = LabEnvironment(undefined)
-    try:
-        tree = env.parse(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
-    except RecursionError:
-        raise LabFileError("template nested too deeply", location=Location(path, None)) from None
-    _bound_template(env, tree, path)
-    try:
-        template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
-    except jinja2.TemplateSyntaxError as exc:
-        raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
-    except (RecursionError, SyntaxError, MemoryError, ValueError):
-        raise LabFileError("template nested too deeply to compile", location=Location(path, None)) from None
-    chunks: list[str] = []
-    size = 0
-    try:
-        output = template.generate(**params)
-        for chunk in output:
-            size += len(chunk)
-            if size > MAX_RENDERED_CHARS:
-                # Thrown in where the template stands, so the error names its line.
-                output.throw(TemplateBudget(f"output of more than {MAX_RENDERED_CHARS:,} characters"))
-            chunks.append(chunk)
-    except jinja2.UndefinedError as exc:
-        raise LabFileError(f"template parameter missing: {exc.message}", location=Location(path, _template_line(exc)),
-                           hint="give it with -p NAME=VALUE, or use a default: {{ name | default('x') }}") from None
-    except TemplateBudget as exc:
-        raise LabFileError(f"template too large: {exc}", location=Location(path, _template_line(exc)),
-                           hint="lab files are bounded so that no file can hang or exhaust labctl (see Limits in the README)") from None
-    except jinja2.exceptions.SecurityError as exc:
-        raise LabFileError(f"template not allowed: {exc}", location=Location(path, _template_line(exc))) from None
-    except jinja2.TemplateSyntaxError as exc:
-        raise LabFileError(f"template syntax error: {exc.message}", location=Location(path, exc.lineno)) from None
-    except RecursionError as exc:
-        raise LabFileError("template recursion too deep", location=Location(path, _template_line(exc))) from None
-    except Exception as exc:  # noqa: BLE001 - anything a template's own expressions raise is the author's to fix
-        raise LabFileError(f"template error: {_describe(exc)}", location=Location(path, _template_line(exc))) from None
-    pattern = re.compile(re.escape(env.nonce) + r"x[0-9]+x") if env.values else None
-    return Rendered("".join(chunks), env.values, pattern)
+    """Render a lab or scenario file once; every problem is a LabFileError at the template's line."""
+    return LabTemplate(text, path, undefined).render(params)
+
+
+def _deepest_line(text: str, deep: int = 30) -> int:
+    """The line where brackets first nest ``deep`` levels: where a too-deep expression is."""
+    depth, line = 0, 1
+    for char in text:
+        if char in "([{":
+            depth += 1
+            if depth >= deep:
+                return line
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char == "\n":
+            line += 1
+    return 1
 
 
 def _describe(exc: BaseException) -> str:

@@ -93,10 +93,12 @@ def unreachable_pair(lab: Lab) -> tuple[str, str] | None:
     groups: dict[frozenset, list[int]] = {}
     for index, host in enumerate(hosts):
         groups.setdefault(regions[host], []).append(index)
-    for host in hosts:
+    for index, host in enumerate(hosts):
         mine = regions[host]
-        # The first host of each group this host shares no region with (never its own group).
-        firsts = [members[0] for group, members in groups.items() if not (group & mine)]
+        # The first host (other than itself: a host on no link shares no region even with itself)
+        # of each group this host shares no region with.
+        firsts = [next((m for m in members[:2] if m != index), None) for group, members in groups.items() if not (group & mine)]
+        firsts = [m for m in firsts if m is not None]
         if firsts:
             return host, hosts[min(firsts)]
     return None
