@@ -64,6 +64,13 @@ def test_a_read_only_results_directory_is_refused(tmp_path):
     assert_clean(result, "is not writable")
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/kernel").is_dir(), reason="sysfs refuses even root")
+def test_a_results_directory_even_root_cannot_write_is_refused():
+    result = labctl("run", "labs/teardown", "-s", "normal-close", "--results", "/sys/kernel/labctl-results",
+                    env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert_clean(result, "is not writable")
+
+
 def test_a_results_directory_under_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("")
     result = labctl("run", "labs/teardown", "-s", "normal-close", "--results", str(tmp_path / "f" / "sub"), env={"DOCKER_HOST": "tcp://127.0.0.1:9"})

@@ -175,3 +175,17 @@ def test_an_unreachable_pair_in_a_large_lab_is_found_quickly():
     started = time.monotonic()
     assert unreachable_pair(lab) is not None
     assert time.monotonic() - started < 5
+
+
+def test_a_sweep_file_is_read_as_boundedly_as_a_lab_file(tmp_path):
+    from labctl.errors import UserError
+    from labctl.sweep.spec import load_sweep_file
+
+    bomb = (Path(__file__).parent / "corpus" / "lab" / "yaml-alias-bomb.yaml").read_text()
+    for name, body in (("bomb", bomb), ("latin1", "sweep: {scenario: caf\xe9}\n")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_bytes(body.encode("latin-1"))
+        started = time.monotonic()
+        with pytest.raises(UserError) as caught:
+            load_sweep_file("labs/teardown", path)
+        assert str(path) in str(caught.value) and time.monotonic() - started < 10

@@ -101,8 +101,11 @@ def load_sweep_file(lab: str | Path, file: str | Path) -> dict[str, Any]:
             available = sorted(p.stem for p in in_lab.parent.glob("*.yaml")) if in_lab.parent.is_dir() else []
             raise UserError(f"no sweep file '{file}'", hint=f"a path, or one of the lab's sweeps: {', '.join(available) or 'none'} (in {in_lab.parent})")
         path = in_lab
+    from ..loader import parse_yaml, read_source
+
     try:
-        data = yaml.safe_load(path.read_text())
+        # The loader's bounded reader: an alias bomb, a binary or non-UTF-8 file is one located error.
+        data = parse_yaml(read_source(path), path)[0]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
