@@ -4,6 +4,13 @@ input may hang (each example runs under an alarm).
 
 The budget is bounded: LABCTL_FUZZ_EXAMPLES examples per test (default 150), each under
 HANG_GUARD seconds. Raise it to hunt: LABCTL_FUZZ_EXAMPLES=5000 python3 -m pytest tests/test_fuzz.py
+
+What it found (2026-12-01), 400 inputs of each of the five kinds below: on the loader as it
+was before bounded parsing, 319 of 2,000 escaped as other exceptions: yaml ReaderError 275
+(control characters), OverflowError 13 (the sandbox's "Range too big"), ZeroDivisionError 9,
+TypeError 8 ("no loader for this environment" from {% include %}, operand types), RecursionError
+6 (deep nesting), ConstructorError 1 (a python tag), and 7 examples ran over 10 s. After it:
+none of 20,000 (4,000 of each kind) and none of 5,000 more.
 """
 
 from __future__ import annotations
