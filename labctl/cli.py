@@ -319,7 +319,7 @@ def sweep(lab: str = LAB_ARG,
             bar.update(bar_task, description=escape(f"{event.task.id}: {event.message}"[:60]))
         elif event.kind == "done":
             bar.update(bar_task, completed=event.finished)
-            verdict = sweeps.run_outcome(event.result.verdicts)
+            verdict = sweeps.run_outcome(event.result.verdicts) if event.result.finished else "not finished (run again when resumed)"
             line = f"{event.finished}/{event.total} {event.task.id}: {verdict} ({event.result.status}, {event.result.seconds:.1f} s)"
             err.print(f"[dim]· {escape(line)}[/dim]", highlight=False)
 

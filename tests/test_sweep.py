@@ -348,3 +348,92 @@ def test_the_command_lists_its_runs_in_a_dry_run():
 def test_the_command_says_what_is_wrong(argv, message):
     proc = labctl("sweep", str(LAB), "transfer", *argv, "--dry-run")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- run_task around api.run (a stand-in for api.run: no engine) ----------------------------------
+
+@dataclass
+class FakeRunResult:
+    path: Path
+    verdicts: list
+
+
+def fake_api_run(behaviour: list[str]):
+    """An api.run that, call by call, writes a run under root/<lab>/<run-id> and then does what
+    ``behaviour`` says: ok | interrupted | engine-error (before any run) | cut-short (after writing run.json)."""
+    from labctl.errors import EngineError
+
+    calls = []
+
+    def run(ref, scenarios, params, *, engine=None, root=None, progress=None):
+        what = behaviour[len(calls)]
+        calls.append(what)
+        if what == "engine-error":
+            raise EngineError("impair on node server failed: exit status 0")
+        made = synthetic.normal_close()
+        made.name = f"run-{len(calls)}"
+        if what == "cut-short":
+            made.status = "incomplete"
+            made.write(root / "lab", judge=False)
+            raise RuntimeError("the engine went away")
+        if what == "interrupted":
+            made.status = "incomplete"
+        directory = made.write(root / "lab")
+        if what == "interrupted":
+            data = json.loads((directory / "run.json").read_text())
+            data["reason"] = "interrupted (Ctrl-C)"
+            (directory / "run.json").write_text(json.dumps(data))
+        return [FakeRunResult(directory, json.loads((directory / "verdicts.json").read_text())["verdicts"])]
+
+    return run, calls
+
+
+def one_task() -> Task:
+    return sweep.expand(spec_2x2(repeat=1), 7)[0]
+
+
+def test_run_task_puts_the_run_directory_in_place_with_its_task(tmp_path, monkeypatch):
+    run, calls = fake_api_run(["ok"])
+    monkeypatch.setattr(api, "run", run)
+    task = one_task()
+    result = sweep.run_task(task, tmp_path / "runs" / task.id)
+    assert result.finished and result.status == "complete" and calls == ["ok"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [task.id]  # the staging directory is gone
+    written = json.loads((tmp_path / "runs" / task.id / "task.json").read_text())
+    assert written["id"] == task.id and written["run_id"] == "run-1" and written["params"] == dict(task.params)
+    with pytest.raises(FileExistsError):
+        sweep.run_task(task, tmp_path / "runs" / task.id)
+
+
+def test_run_task_interrupted_keeps_the_run_and_raises(tmp_path, monkeypatch):
+    run, _ = fake_api_run(["interrupted"])
+    monkeypatch.setattr(api, "run", run)
+    task = one_task()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_task(task, tmp_path / "runs" / task.id)
+    assert (tmp_path / "runs" / task.id / "run.json").is_file() and not finished(tmp_path / "runs" / task.id)
+
+
+def test_run_task_tries_an_engine_error_once_more(tmp_path, monkeypatch):
+    from labctl.errors import EngineError
+
+    run, calls = fake_api_run(["engine-error", "ok"])
+    monkeypatch.setattr(api, "run", run)
+    monkeypatch.setattr("labctl.sweep.task.time.sleep", lambda s: None)
+    task = one_task()
+    assert sweep.run_task(task, tmp_path / "a").finished and calls == ["engine-error", "ok"]
+    assert "exit status 0" in json.loads((tmp_path / "a" / "task.json").read_text())["retried_after"]
+    run, calls = fake_api_run(["engine-error", "engine-error"])
+    monkeypatch.setattr(api, "run", run)
+    with pytest.raises(EngineError):
+        sweep.run_task(task, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_run_task_cut_short_is_kept_unfinished(tmp_path, monkeypatch):
+    run, _ = fake_api_run(["cut-short"])
+    monkeypatch.setattr(api, "run", run)
+    task = one_task()
+    result = sweep.run_task(task, tmp_path / "r")
+    assert result.status == "incomplete" and not result.finished  # resuming runs it again
+    assert "the engine went away" in json.loads((tmp_path / "r" / "task.json").read_text())["cut_short"]

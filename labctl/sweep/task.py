@@ -66,6 +66,10 @@ class TaskResult:
     def interrupted(self) -> bool:
         return is_interruption(self.status, self.reason)
 
+    @property
+    def finished(self) -> bool:
+        return finished(self.run_dir)
+
 
 def is_interruption(status: str | None, reason: str | None) -> bool:
     return status == "incomplete" and (reason or "").startswith("interrupted")
@@ -112,7 +116,7 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
         if not engine_supports_instances():
             raise RuntimeError(f"task {task.id} names instance '{task.instance}', but this labctl cannot run lab instances yet")
         kwargs["instance"] = task.instance
-    interrupted, retried = False, None
+    interrupted, retried, cut_short = False, None, None
     for attempt in range(1, ENGINE_ATTEMPTS + 1):
         try:
             outcomes = api.run(task.lab, [task.scenario], dict(task.params), **kwargs)
@@ -130,12 +134,17 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
             if _made(staging) is None:
                 raise
             outcomes = []
-        except Exception:
-            # The runner marks a run cut short by an engine error incomplete and re-raises: that run
-            # directory is a result (a failed run), not a reason to stop the sweep. No run directory
-            # (the lab did not come up): the error is the sweep's.
-            if _made(staging) is None:
+        except Exception as exc:
+            # The runner marks a run cut short by an engine error incomplete and re-raises before
+            # judging it: its directory is put in place (unjudged, so not finished: resuming runs it
+            # again) and the sweep goes on. No run directory (the lab did not come up), or one that
+            # does not say it was cut short (analysis broke): the error is the sweep's.
+            made = _made(staging)
+            if made is None or read_json(made / "run.json").get("status") != "incomplete":
                 raise
+            cut_short = f"{type(exc).__name__}: {exc}"
+            if progress:
+                progress(f"task {task.id}: run cut short: {cut_short}")
             outcomes = []
         break
     made = outcomes[0].path if outcomes else _made(staging)
@@ -150,7 +159,7 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
     os.replace(made, run_dir)
     shutil.rmtree(staging, ignore_errors=True)
     write_json(run_dir / TASK_FILE, {**task.to_json(), "run_id": made.name, "ran_seconds": round(time.monotonic() - started, 3),
-                                     **({"retried_after": retried} if retried else {})})
+                                     **({"retried_after": retried} if retried else {}), **({"cut_short": cut_short} if cut_short else {})})
     run = read_json(run_dir / "run.json")
     verdicts = outcomes[0].verdicts if outcomes else _verdicts(run_dir)
     result = TaskResult(task, run_dir, run.get("status", "incomplete"), run.get("reason"), time.monotonic() - started, verdicts)
