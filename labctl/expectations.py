@@ -149,3 +149,7 @@ class Data(OnStep):
 @register
 class Events(ExpectationKind):
     key, model = "events", EventsExpect
+
+    def check(self, body: EventsExpect, here: tuple, names: Names) -> None:
+        if body.node is not None and body.node not in names.lab.nodes:
+            raise names.error((*here, self.key, "node"), f"unknown node '{body.node}'", hint=f"nodes: {', '.join(names.lab.nodes)}")

@@ -97,6 +97,7 @@ def test_only_hold_rules_can_be_released(tmp_path):
     ("{states: {node: ghost}}", "expect[0].states.node", "unknown node 'ghost'"),
     ("{step: {step: nope}}", "expect[0].step.step", "no step is named 'nope'"),
     ("{data: {step: nope}}", "expect[0].data.step", "no step is named 'nope'"),
+    ("{events: {event: tcp_send_reset, node: ghost}}", "expect[0].events.node", "unknown node 'ghost'"),
 ])
 def test_an_expectation_that_names_what_does_not_exist_points_at_its_field(tmp_path, expect, field, says):
     with pytest.raises(LabFileError) as caught:
@@ -329,3 +330,16 @@ def test_every_actor_op_of_the_contract_is_an_op_of_the_actor_with_those_argumen
         params = [p for p in inspect.signature(handler).parameters.values() if p.name != "self"]
         assert [p.name for p in params if p.default is inspect.Parameter.empty] == list(required), op
         assert sorted(p.name for p in params if p.default is not inspect.Parameter.empty) == sorted(optional), op
+
+
+def test_the_actor_refuses_a_call_outside_the_contract(tmp_path, capsys):
+    import json
+
+    from labctl.agent.actor import Actor
+
+    actor = Actor({"node": "a", "run_dir": str(tmp_path)})
+    actor.run_command({"id": 1, "op": "listen", "args": {"port": 1}}, False)
+    actor.run_command({"id": 2, "op": "format_disk", "args": {}}, False)
+    missing, unknown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not missing["ok"] and missing["error"] == "actor op listen: missing name"
+    assert not unknown["ok"] and unknown["error"].startswith("unknown actor op 'format_disk'")

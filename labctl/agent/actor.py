@@ -29,6 +29,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import protocol
 from .inetdiag import SocketTable
 
 SAMPLE_INTERVAL = 0.005  # seconds; the issue asks for 10 ms or better
@@ -201,13 +202,14 @@ class Actor:
             self.shutdown()
 
     def run_command(self, command: dict, background: bool) -> None:
-        handler = getattr(self, "op_" + command["op"], None)
         started = time.time()
         reply: dict = {"id": command["id"], "t_start": started}
         try:
-            if handler is None:
-                raise StepFailed(f"unknown operation {command['op']}")
-            reply["result"] = handler(**command.get("args", {}))
+            try:  # the ops and their arguments are the contract's (protocol.ACTOR_OPS); op_* are their meaning
+                protocol.check_call(command["op"], command.get("args", {}))
+            except protocol.ProtocolError as exc:
+                raise StepFailed(str(exc)) from None
+            reply["result"] = getattr(self, "op_" + command["op"])(**command.get("args", {}))
             reply["ok"] = True
             reply["errno"] = None
         except StepFailed as exc:
