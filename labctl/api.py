@@ -53,7 +53,7 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
     loaded = load_lab(ref, params)
     engine = engine or default_engine()
     image = engine.ensure_image(offline=offline, progress=progress)
-    plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
+    plan = _plan_on(engine, loaded)
     report = engine.deploy(plan, image.tag, progress)
     impaired = _apply_lab_impairments(engine, plan, report, progress)
     return UpResult(plan, report, image, time.monotonic() - started, impaired)
@@ -86,7 +86,7 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     check_results_dir(root or results_root())  # before the lab is touched
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
-    plan = plan_lab(loaded, engine.subnets_in_use(exclude_lab=loaded.lab.name))
+    plan = _plan_on(engine, loaded)
     _apply_lab_impairments(engine, plan, engine.deploy(plan, image.tag, progress), progress)
     results = []
     for one in chosen:
@@ -181,6 +181,18 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
         loops = [{"router": n.name, **n.loop} for n in described if n.loop and n.loop.get("active")]
         result.append(LabStatus(name, described, links, loops))
     return result
+
+
+def _plan_on(engine: Engine, loaded: LoadedLab) -> LabPlan:
+    """The lab's plan on this engine. Links of it that are up keep the subnets they hold while
+    those are free, so a lab is not moved (torn down and made again) only because the pool
+    allocation would come out differently now that other networks have come or gone; this
+    is also what keeps a lab brought up by `docker-compose` from an export as it is."""
+    from ipaddress import IPv4Network
+
+    name = loaded.lab.name
+    current = {l.link: IPv4Network(l.subnet) for l in engine.links(name) if l.subnet}
+    return plan_lab(loaded, engine.subnets_in_use(exclude_lab=name), current)
 
 
 def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine) -> tuple[LoadedLab, LabPlan]:
@@ -388,15 +400,14 @@ def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, 
     except UserError:
         engine = None
     if engine is None:
-        image, state, in_use = expected_tag(), "missing", {}
+        image, state = expected_tag(), "missing"
     else:
         present = getattr(engine, "image_present")()
         if present or not build:
             image, state = present or expected_tag(), "present" if present else "missing"
         else:
             image, state = engine.ensure_image(progress=progress).tag, "built"
-        in_use = engine.subnets_in_use(exclude_lab=loaded.lab.name)
-    plan = plan_lab(loaded, in_use)
+    plan = _plan_on(engine, loaded) if engine is not None else plan_lab(loaded, {})
     context = compose.compose_context(plan, image, description=loaded.lab.description)
     rendered = compose.render(context, templates)
     directory = Path(output) if output is not None else Path(f"{loaded.lab.name}-compose")

@@ -307,3 +307,44 @@ links:
         down = _compose(project, "down")
     assert down.returncode == 0, down.stderr
     assert lab_objects(engine, name) == []
+
+
+@pytest.mark.engine
+def test_a_compose_lab_on_pool_subnets_is_kept_when_the_pool_frees_up(engine, node_image, make_lab, tmp_path):
+    """Exported while another network held the subnet the pool would give first, brought up
+    after it went: `labctl up` keeps the lab on the subnet it holds instead of moving it."""
+    import docker.types
+
+    directory = make_lab("""
+nodes:
+  a: {}
+  b: {}
+links:
+  - {name: net, endpoints: [a, b]}
+""")
+    name = directory.name
+    first = yaml.safe_load(compose.render(compose.compose_context(plan_lab(load_lab(directory), engine.subnets_in_use()), IMAGE))
+                           .files["compose.yaml"])["networks"]["net"]["ipam"]["config"][0]["subnet"]
+    decoy = engine.client.networks.create(f"{name}-decoy", internal=True, labels={"org.labctl.test": name},
+                                          ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=first)]))
+    project = tmp_path / "compose"
+    try:
+        exported = run_cli("export", "compose", str(directory), "-o", str(project))
+        assert exported.returncode == 0, exported.stderr
+    finally:
+        decoy.remove()
+    held = yaml.safe_load((project / "compose.yaml").read_text())["networks"]["net"]["ipam"]["config"][0]["subnet"]
+    assert held != first
+    try:
+        up = _compose(project, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        _wait_healthy(engine, name, 2)
+        again = run_cli("up", str(directory), "--json")
+        assert again.returncode == 0, again.stderr
+        report = json.loads(again.stdout)
+        assert (report["created"], report["removed"]) == ([], []), report
+        assert [l.subnet for l in engine.links(name)] == [held]
+    finally:
+        down = _compose(project, "down")
+    assert down.returncode == 0, down.stderr
+    assert lab_objects(engine, name) == []
