@@ -338,7 +338,7 @@ def doctor(*, engine: Engine | None = None) -> list[Check]:
     if image:
         checks.append(Check("node image", True, image))
     else:
-        checks.append(Check("node image", False, "not built yet for this code", "built on first `labctl up` (or `labctl image build`)"))
+        checks.append(Check("node image", False, f"{engine.image_wanted()} not built yet", "built on first `labctl up` (or `labctl image build`)"))
     debootstrap = shutil.which("debootstrap")
     checks.append(Check("debootstrap (offline base)", debootstrap is not None, debootstrap or "not installed",
                         "" if debootstrap else "a Debian base image from a registry (apt-get install debootstrap for offline builds)"))

@@ -34,7 +34,6 @@ only when the file's wish changed since it was last applied, so a runtime change
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -44,7 +43,7 @@ from dataclasses import dataclass, field
 
 from .protocol import MECHANISM_ENV, MECHANISMS, PARTS, Impair, ImpairReply, command_line, needs_netem, normalize
 from .system import run
-from .system import write_json
+from .system import read_json, write_json
 
 STATE_DIR = "/run/labctl/impair"
 CHAIN_PREFIX = "LCIMP-"          # one mangle chain per impaired interface (iptables allows 28 chars)
@@ -197,11 +196,7 @@ def _state_path(iface: str) -> str:
 
 
 def read_state(iface: str) -> dict:
-    try:
-        with open(_state_path(iface)) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return {}
+    return read_json(_state_path(iface)) or {}
 
 
 def _write_state(iface: str, state: dict) -> None:
@@ -290,14 +285,6 @@ def _shaper_files(queue: int) -> tuple[str, str, str]:
     return f"{base}.config.json", f"{base}.stats.json", f"{base}.log"
 
 
-def _read_stats(path: str) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _start_shaper(queue: int, config: dict) -> int:
     """Start the engine in the background; return its pid once both queues are bound."""
     config_file, stats_file, log_file = _shaper_files(queue)
@@ -313,7 +300,7 @@ def _start_shaper(queue: int, config: dict) -> int:
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if _read_stats(stats_file) is not None:  # written once both queues are bound: ready
+        if read_json(stats_file) is not None:  # written once both queues are bound: ready
             return proc.pid
         if proc.poll() is not None:
             break
@@ -328,14 +315,14 @@ def _start_shaper(queue: int, config: dict) -> int:
 def _reload_shaper(pid: int, queue: int, config: dict) -> None:
     """New settings for a running engine: SIGHUP re-reads its config (held packets keep their due time)."""
     config_file, stats_file, _ = _shaper_files(queue)
-    before = _read_stats(stats_file) or {}
+    before = read_json(stats_file) or {}
     done_before = before.get("reloads", 0) + before.get("reload_errors", 0)
     write_json(config_file, config)
     os.kill(pid, signal.SIGHUP)
     os.kill(pid, signal.SIGUSR1)  # the stats it writes next say whether the reload took
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        stats = _read_stats(stats_file) or {}
+        stats = read_json(stats_file) or {}
         if stats.get("reload_errors", 0) > before.get("reload_errors", 0):
             raise RuntimeError(f"the userspace impairment engine refused the new settings: {config}")
         if stats.get("reloads", 0) + stats.get("reload_errors", 0) > done_before:

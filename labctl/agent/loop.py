@@ -30,7 +30,7 @@ import sys
 import time
 
 from .protocol import Loop, LoopReply, command_line
-from .system import run, write_json
+from .system import read_json, run, write_json
 
 CHAIN = "LCLOOP"
 MARK = 0x4C4F          # "LO"
@@ -116,11 +116,7 @@ def _run(argv: list[str], check: bool = True) -> None:
 
 
 def _read() -> dict:
-    try:
-        with open(STATE_FILE) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return {}
+    return read_json(STATE_FILE) or {}
 
 
 def _write(state: dict) -> None:

@@ -1,8 +1,8 @@
 """The node's own tools and files, as every agent command uses them.
 
 One way to run a tool (its output captured, its failure a ``RuntimeError``
-naming the command) and one way to write a state file (atomically: a reader
-sees the old file or the new one, never half of one). The host's run
+naming the command) and one way to write and read a state file (atomically: a
+reader sees the old file or the new one, never half of one). The host's run
 directory writes its JSON with the same function.
 """
 
@@ -27,6 +27,15 @@ def tried(argv: Sequence[str]) -> tuple[bool, str]:
     """Whether a tool succeeded, and what it said when it did not."""
     proc = run(argv, check=False)
     return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A state file's data; None when it is missing or cut short (a reader never fails on one)."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int | None = None, mode: int = 0o644,

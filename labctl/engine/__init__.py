@@ -110,6 +110,10 @@ class Engine(ABC):
     def image_present(self) -> str | None:
         """The node image for this code, if it is built."""
 
+    def image_wanted(self) -> str:
+        """What the node image for this code is called (built or not)."""
+        return "the node image"
+
     @abstractmethod
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
         """Subnets held by engine networks, other than the given lab's, with their names."""

@@ -59,6 +59,9 @@ class DockerEngine(Engine):
         tag = node_image.expected_tag()
         return tag if node_image.has_image(self.client, tag) else None
 
+    def image_wanted(self) -> str:
+        return node_image.expected_tag()
+
     # --- the lab's objects --------------------------------------------------------------------
 
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
