@@ -290,3 +290,20 @@ def test_an_orphan_from_an_older_run_without_the_timewait_flag(tmp_path):
     run.sample(t + 2000.6, "client", "CLOSED", event="gone")
     client = timeline(run.write(tmp_path, judge=False), "client")
     assert [(s, round(held, 2) if held else held) for s, _, held in client.durations()][-2:] == [("FIN_WAIT2", 2.0), ("CLOSED", None)]
+
+
+def test_the_sampler_tells_a_timewait_sockets_fin_wait2_from_a_full_sockets():
+    """inet_twsk_diag_fill reports a timewait socket's substate as its state, with timer 3."""
+    import socket as sockets
+
+    from labctl.agent import inetdiag
+
+    def body(state: int, timer: int, inode: int) -> bytes:
+        return inetdiag._MSG.pack(sockets.AF_INET, state, timer, 0, (40000).to_bytes(2, "big"), (5000).to_bytes(2, "big"),
+                                  sockets.inet_aton("10.0.0.1") + bytes(12), sockets.inet_aton("10.0.0.2") + bytes(12), 0,
+                                  (77).to_bytes(8, "little"), 59996, 0, 0, 0, inode)
+
+    orphan = inetdiag.parse_socket(body(5, 3, 0))
+    full = inetdiag.parse_socket(body(5, 2, 4242))
+    assert (orphan["state"], orphan["timewait"], orphan["expires_ms"]) == ("FIN_WAIT2", True, 59996)
+    assert (full["state"], full["timewait"], full["cookie"]) == ("FIN_WAIT2", False, 77)

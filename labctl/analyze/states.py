@@ -136,7 +136,23 @@ def load_timelines(run_dir: Path, segments: list[Segment] | None = None, nodes: 
     sampled_nodes = {r.get("node") for r in records if r.get("source") == "sample"}
     interval = float(((run.get("observers") or {}).get("sample_interval")) or SAMPLE_INTERVAL)
     traced = bool((run.get("observers") or {}).get("tracepoints")) or any(r.get("source") == "tracepoint" for r in records)
-    return merge_captures(timelines, machines, traced=traced, sampled_nodes=sampled_nodes, interval=interval)
+    return merge_captures(timelines, machines, traced=traced, sampled_nodes=sampled_nodes, interval=interval,
+                          precision=capture_precision(run))
+
+
+def capture_precision(run: dict) -> dict[str, float]:
+    """How far each node's capture may be from its kernel, in seconds: a delay impairment on the
+    node's own egress (netem, or the NFQUEUE shaper) holds what it sends before its capture sees it."""
+    widest: dict[str, float] = {}
+    for record in run.get("impairments") or []:
+        if not isinstance(record, dict):
+            continue
+        settings = record.get("settings") or {}
+        held = (float(settings.get("delay_ms") or 0) + float(settings.get("jitter_ms") or 0)) / 1000
+        node = record.get("from") or record.get("node")
+        if node and held:
+            widest[node] = max(widest.get(node, 0.0), held)
+    return {node: endpoint.CAPTURE_PRECISION + held for node, held in widest.items()}
 
 
 # --- tracepoints and sampling ---------------------------------------------------------------
@@ -284,7 +300,7 @@ def _from_capture(machine: endpoint.EndpointMachine) -> list[Transition]:
 
 
 def merge_captures(timelines: list[SocketTimeline], machines: list[endpoint.EndpointMachine], *, traced: bool,
-                   sampled_nodes: set, interval: float) -> list[SocketTimeline]:
+                   sampled_nodes: set, interval: float, precision: dict[str, float] | None = None) -> list[SocketTimeline]:
     by_key: dict[tuple, list[SocketTimeline]] = {}
     for timeline in timelines:
         by_key.setdefault((timeline.node, timeline.local, timeline.remote), []).append(timeline)
@@ -301,7 +317,8 @@ def merge_captures(timelines: list[SocketTimeline], machines: list[endpoint.Endp
         timeline = min(candidates, key=lambda tl: abs(tl.transitions[0].t - machine.transitions[0].t))
         paired.add(id(timeline))
         _merge_pair(timeline, captured, machine, traced=traced and "tracepoint" in timeline.observed_by,
-                    sampled=machine.node in sampled_nodes and "sample" in timeline.observed_by, interval=interval)
+                    sampled=machine.node in sampled_nodes and "sample" in timeline.observed_by, interval=interval,
+                    precision=(precision or {}).get(machine.node, endpoint.CAPTURE_PRECISION))
     result.sort(key=lambda tl: (tl.node, tl.local, tl.remote, tl.transitions[0].t if tl.transitions else 0.0))
     return result
 
@@ -316,7 +333,7 @@ def _ms(seconds: float) -> str:
 
 
 def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: endpoint.EndpointMachine, *,
-                traced: bool, sampled: bool, interval: float) -> None:
+                traced: bool, sampled: bool, interval: float, precision: float = endpoint.CAPTURE_PRECISION) -> None:
     kernel = timeline.transitions
     merged: list[Transition] = []
     disagreements = timeline.disagreements
@@ -324,7 +341,7 @@ def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: e
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             for a, b in zip(kernel[i1:i2], captured[j1:j2]):
-                merged.append(_agree(a, b, disagreements, interval))
+                merged.append(_agree(a, b, disagreements, interval, precision))
             continue
         for a in kernel[i1:i2]:
             merged.append(a)
@@ -356,7 +373,8 @@ def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: e
     timeline.observed_by = tuple(dict.fromkeys(timeline.observed_by + ("capture",)))
 
 
-def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], interval: float) -> Transition:
+def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], interval: float,
+           precision: float = endpoint.CAPTURE_PRECISION) -> Transition:
     """The same transition from the kernel's sources (``a``) and a capture (``b``): one transition, every source."""
     at = {**a.at, "capture": b.t}
     sources = tuple(s for s in SOURCE_ORDER if s in a.sources or s == "capture")
@@ -365,18 +383,18 @@ def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], inte
         kernel_t = a.at["tracepoint"]
         if a.state == "SYN_RECV" and b.t < kernel_t:
             t = b.t  # the request socket existed from the SYN; the tracepoint fires for the full socket at the ACK
-        elif a.state == "TIME_WAIT" and not b.before and b.t > kernel_t + endpoint.CAPTURE_PRECISION:
+        elif a.state == "TIME_WAIT" and not b.before and b.t > kernel_t + precision:
             # The full socket's CLOSE was its handoff to a timewait socket in substate FIN_WAIT2 (an
             # orphan); TIME_WAIT began when the peer's FIN came, as the capture shows.
             t = b.t
             sources = tuple(s for s in sources if s != "tracepoint")
         elif b.before:
-            if kernel_t > b.t + endpoint.CAPTURE_PRECISION:
+            if kernel_t > b.t + precision:
                 disagreements.append(Disagreement(a.state, {"tracepoint": kernel_t, "capture": b.t},
                                                   f"the tracepoint comes after the capture shows it must have happened ({b.why})"))
-        elif abs(kernel_t - b.t) > endpoint.CAPTURE_PRECISION:
+        elif abs(kernel_t - b.t) > precision:
             disagreements.append(Disagreement(a.state, {"tracepoint": kernel_t, "capture": b.t},
-                                              f"{_ms(abs(kernel_t - b.t))} apart, more than the capture's {_ms(endpoint.CAPTURE_PRECISION)} precision"))
+                                              f"{_ms(abs(kernel_t - b.t))} apart, more than the capture's {_ms(precision)} precision"))
     elif "sample" in a.sources:
         sample_t = a.at.get("sample", a.t)
         # A sample sees a state at most an interval (plus the dump) after it was entered.
