@@ -69,6 +69,7 @@ class EndpointMachine:
     fin_end: int | None = None  # our FIN's sequence number + 1, once sent
     pending: list[Segment] = field(default_factory=list)  # received out of order
     last_received: Segment | None = None
+    acked: int | None = None  # the highest ACK received (SND.UNA)
 
     @property
     def state(self) -> str | None:
@@ -160,10 +161,13 @@ def _sent(m: EndpointMachine, s: Segment) -> None:
         return
     if "F" in flags and m.fin_end is None:
         m.fin_end = (s.rel_seq + s.length + 1) % 2**32
+        # close() changes the state at once, but queues the FIN behind data not yet sent: a FIN that
+        # carries data, or leaves while data is unacknowledged, only bounds the change.
+        queued = s.length > 0 or (m.acked is not None and signed((s.rel_seq - m.acked) % 2**32) > 0)
         if state in ("ESTABLISHED", "SYN_RECV", None):
-            m.enter("FIN_WAIT1", s, "sent FIN")
+            m.enter("FIN_WAIT1", s, "sent FIN" + (" behind queued data" if queued else ""), before=queued)
         elif state == "CLOSE_WAIT":
-            m.enter("LAST_ACK", s, "sent FIN")
+            m.enter("LAST_ACK", s, "sent FIN" + (" behind queued data" if queued else ""), before=queued)
 
 
 def _acks_our_fin(m: EndpointMachine, s: Segment) -> bool:
@@ -172,6 +176,8 @@ def _acks_our_fin(m: EndpointMachine, s: Segment) -> bool:
 
 def _received(m: EndpointMachine, s: Segment, later: list[tuple[Segment, bool]]) -> None:
     m.last_received = s
+    if "A" in s.flags and "R" not in s.flags and not s.out_of_window and (m.acked is None or signed((s.rel_ack - m.acked) % 2**32) > 0):
+        m.acked = s.rel_ack
     flags, state = s.flags, m.state
     if "R" in flags:
         if state == "SYN_SENT":

@@ -272,7 +272,13 @@ def _orphans_kept(transitions: list[Transition], sampled: list[dict]) -> None:
     """An orphaned FIN_WAIT2 handed to a timewait socket: the full socket's tracepoint reads
     FIN_WAIT2 -> CLOSE, but sampling still sees the connection in FIN_WAIT2 long after (runs
     from before the sampler flagged timewait sockets show only that). It ends when sampling
-    sees it gone (or in TIME_WAIT, spliced above), or lives on past the end of the run."""
+    sees it gone (or in TIME_WAIT, spliced above), or lives on past the end of the run.
+
+    Only for runs whose sampler did not flag timewait sockets: a newer one writes the handoff
+    itself (spliced above), while a late "gone" alone proves nothing (a loaded sampler may
+    simply not have dumped in between)."""
+    if any("timewait" in r for r in sampled):
+        return
     for i in range(len(transitions) - 1, 0, -1):
         close, before = transitions[i], transitions[i - 1]
         if close.state != "CLOSED" or close.source != "tracepoint" or before.state != "FIN_WAIT2":
@@ -354,7 +360,8 @@ def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: e
             held = (captured[j + 1].t - b.t) if j + 1 < len(captured) else None
             # Tracepoints refute a state only while they were still reporting this socket.
             watching = traced and any("tracepoint" in k.sources and k.t >= b.t - endpoint.CAPTURE_PRECISION for k in kernel)
-            refuted = _refuted(b, held, traced=watching, sampled=sampled, interval=interval)
+            bounded = j + 1 < len(captured) and captured[j + 1].before  # its end is only known to come by then
+            refuted = _refuted(b, held, traced=watching, sampled=sampled, interval=interval, bounded=bounded)
             if refuted:
                 disagreements.append(Disagreement(b.state, {"capture": b.t, "tracepoint" if watching and b.state in TRACED_STATES else "sample": None},
                                                   f"the capture implies it ({b.why}); {refuted}"))
@@ -409,13 +416,16 @@ def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], inte
     return Transition(t, a.state, "+".join(sources), a.timer_ms, sources, at, b.why, b.before and t == b.t)
 
 
-def _refuted(b: Transition, held: float | None, *, traced: bool, sampled: bool, interval: float) -> str | None:
-    """Why a state only the capture shows cannot be true, or None when no other source could have seen it."""
+def _refuted(b: Transition, held: float | None, *, traced: bool, sampled: bool, interval: float, bounded: bool = False) -> str | None:
+    """Why a state only the capture shows cannot be taken as true, or None when no other source could have seen it."""
     if b.state == "CLOSED":
         return None  # a socket's end: the other sources may simply not have watched to the end
     if traced and b.state in TRACED_STATES:
         return "the tracepoints, which show every change of a full socket, show none"
     if sampled and (held is None or held > 2 * interval + EARLY) and b.state != "SYN_RECV":
+        if bounded:  # e.g. a timewait socket destroyed (ss -K) before the RST that shows it gone
+            return (f"sampling every {_ms(interval)} never saw it, and the capture shows only that it was over "
+                    f"{_ms(held)} later: it was never there, or lasted less than a sample")
         lasted = "until the end of the run" if held is None else f"for {_ms(held)}"
         return f"sampling every {_ms(interval)} would have seen it {lasted}, and never did"
     return None
