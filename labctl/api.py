@@ -76,7 +76,7 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     Returns one ``RunResult`` per run, each with its run directory and verdicts.
     """
     from .loader import load_scenarios
-    from .run import ScenarioRun
+    from .run import RunInterrupted, ScenarioRun
 
     from .environment import check_results_dir
     from .rundir import results_root
@@ -92,7 +92,12 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     for one in chosen:
         if progress:
             progress(f"running {one.label}")
-        results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
+        try:
+            results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
+        except RunInterrupted as stop:
+            # Ctrl-C ends the whole run: the scenarios after this one do not start.
+            stop.results = [*results, stop.result]
+            raise
     return results
 
 

@@ -197,8 +197,14 @@ def run(lab: str = LAB_ARG,
 
     from .analyze.results import exit_status
 
-    with progress_shown(not as_json) as progress:
-        outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
+    from .run import RunInterrupted
+
+    interrupted = None
+    try:
+        with progress_shown(not as_json) as progress:
+            outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
+    except RunInterrupted as stop:
+        interrupted, outcomes = stop, stop.results  # what was recorded is shown; nothing after it ran
     statuses = [exit_status(r.verdicts, r.status == "complete") for r in outcomes]
     if as_json:
         out.print_json(data=[{"scenario": r.scenario, "run_dir": str(r.path), "status": r.status, "passed": r.passed,
@@ -210,6 +216,10 @@ def run(lab: str = LAB_ARG,
         passed, undecided = statuses.count(0), statuses.count(3)
         out.print(f"[bold]{passed} of {len(outcomes)} run(s) passed[/bold]"
                   + (f", [yellow]{undecided} undecided[/yellow] (evidence this machine could not collect)" if undecided else ""))
+    if interrupted is not None:
+        err.print(f"interrupted (Ctrl-C) during {interrupted.result.scenario}: it is kept as incomplete in "
+                  f"{interrupted.result.path}; the scenarios after it did not run")
+        raise typer.Exit(130)
     raise typer.Exit(1 if 1 in statuses else 3 if 3 in statuses else 0)
 
 

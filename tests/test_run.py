@@ -147,7 +147,8 @@ def test_an_interrupted_run_is_incomplete_readable_and_leaves_no_orphans(engine,
     time.sleep(0.5)  # inside the long sleep step now
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 130, err  # interrupted: neither a pass nor the lab's failure
+    assert "interrupted" in err
     run = read_json(steps.parent / "run.json")
     assert run["status"] == "incomplete" and "interrupted" in run["reason"]
     assert [r["kind"] for r in read_jsonl(steps) if "kind" in r] == ["listen", "connect", "accept", "send"]
@@ -187,3 +188,30 @@ def test_a_node_dying_mid_run_marks_the_run_incomplete_and_keeps_the_rest(engine
         assert not result.passed
     finally:
         api.up(runlab, engine=engine)  # the module's lab, whole again for whatever runs next
+
+
+def test_ctrl_c_ends_the_whole_run_not_only_the_current_scenario(engine, runlab, tmp_path):
+    # `slow` then `fails`, in the order given: Ctrl-C in slow must not start fails.
+    env = {**os.environ, "LABCTL_LABS_PATH": str(LABS)}
+    proc = subprocess.Popen([sys.executable, "-m", "labctl", "run", "runlab", "-s", "slow", "-s", "fails",
+                             "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+            r.get("kind") == "send" for f in tmp_path.glob("runlab/*/steps.jsonl") for r in read_jsonl(f)):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    runs = [read_json(p) for p in tmp_path.glob("runlab/*/run.json")]
+    assert [r["scenario"] for r in runs] == ["slow"], runs  # `fails` never started
+    assert runs[0]["status"] == "incomplete"
+    assert "slow" in out  # its verdicts are shown
+
+
+def test_commands_die_with_their_step_children_included(engine, runlab, tmp_path):
+    result = labctl("run", "runlab", "-s", "orphans", "--results", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for node in ("client", "server"):
+        ps = engine.exec("runlab", node, ["ps", "-eo", "args"]).stdout
+        assert not [line for line in ps.splitlines() if line.startswith("sleep 31")], ps

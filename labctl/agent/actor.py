@@ -99,6 +99,24 @@ class Sampler(threading.Thread):
             return list(self.seen_states.values())
 
 
+def end_process_group(proc: subprocess.Popen, grace: float = 1.0) -> None:
+    """End a command and everything it started (its process group): TERM, then KILL after ``grace`` s."""
+    if proc.poll() is None and grace > 0:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived their leader too
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class Actor:
     def __init__(self, config: dict):
         self.config = config
@@ -164,8 +182,7 @@ class Actor:
         if self.rules is not None:
             self.rules.stop()
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.terminate()
+            end_process_group(proc)
         for sock in self.sockets.values():
             try:
                 sock.close()
@@ -331,6 +348,8 @@ class Actor:
 
     def op_exec(self, cmd, timeout=30.0, background=False, expect_exit=0, name=None):
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        # Every command gets a process group of its own, so a shell line's children die with
+        # their step (a timeout, the end of the run) instead of outliving it in the node.
         if background:
             log = open(self.dir / f"exec-{name or len(self.processes)}.log", "wb")
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -338,9 +357,16 @@ class Actor:
             if name:
                 self.programs[name] = proc
             return {"pid": proc.pid, "log": log.name}
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout)
-        result = {"returned": proc.returncode, "stdout": proc.stdout.decode(errors="replace")[-4000:],
-                  "stderr": proc.stderr.decode(errors="replace")[-4000:]}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_process_group(proc, grace=0)
+            error = StepFailed(f"still running after {timeout} s: ended it and every process it started")
+            error.errno_name = "TIMEOUT"
+            raise error from None
+        result = {"returned": proc.returncode, "stdout": stdout.decode(errors="replace")[-4000:],
+                  "stderr": stderr.decode(errors="replace")[-4000:]}
         if expect_exit is not None and proc.returncode != expect_exit:
             raise StepFailed(f"exit status {proc.returncode}, expected {expect_exit}", result)
         return result

@@ -7,6 +7,6 @@
 - ``collect.py``: what the nodes recorded, copied into the run directory.
 """
 
-from .runner import RunResult, ScenarioRun
+from .runner import RunInterrupted, RunResult, ScenarioRun
 
-__all__ = ["RunResult", "ScenarioRun"]
+__all__ = ["RunInterrupted", "RunResult", "ScenarioRun"]

@@ -46,6 +46,18 @@ class RunResult:
         return self.status == "complete" and all(v.passed for v in self.verdicts)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the run was recorded (incomplete, judged), and nothing after it runs.
+
+    ``results`` holds every run finished or cut short so far, the interrupted one last.
+    """
+
+    def __init__(self, result: RunResult):
+        super().__init__(f"interrupted during {result.scenario}")
+        self.result = result
+        self.results: list[RunResult] = [result]
+
+
 class ScenarioRun:
     """One run, in order; each part has its module (observers, dispatch, changes, collect)."""
 
@@ -96,7 +108,7 @@ class ScenarioRun:
         started = time.time()
         observers: dict[str, Any] = {}
         self.rundir.write("run.json", self._metadata("running", started, None, None, observers))
-        status, reason = "complete", None
+        status, reason, interrupted = "complete", None, False
         try:
             ready = self.observers.start(observers)
             for direction in in_force(ready):
@@ -104,7 +116,7 @@ class ScenarioRun:
             for index, step in enumerate(self.one.scenario.steps):
                 self.steps.run(index, step)
         except KeyboardInterrupt:
-            status, reason = "incomplete", "interrupted (Ctrl-C)"
+            status, reason, interrupted = "incomplete", "interrupted (Ctrl-C)", True
         except NodeLost as exc:
             status, reason = "incomplete", str(exc)
         except Exception as exc:
@@ -115,12 +127,15 @@ class ScenarioRun:
         try:
             self._finish(observers)
         except KeyboardInterrupt:
-            status, reason = "incomplete", "interrupted (Ctrl-C) while collecting"
+            status, reason, interrupted = "incomplete", "interrupted (Ctrl-C) while collecting", True
         self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
         self.rundir.close()
         verdicts = judge(self.rundir.path)
         self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": [v.to_json() for v in verdicts]})
-        return RunResult(self.rundir.path, self.one.label, status, verdicts)
+        result = RunResult(self.rundir.path, self.one.label, status, verdicts)
+        if interrupted:
+            raise RunInterrupted(result)  # Ctrl-C ends the whole `run`, not only this scenario
+        return result
 
     def _finish(self, observers: dict) -> None:
         """Stop observing, put the lab back as it was, then copy out what the nodes recorded."""
