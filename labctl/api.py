@@ -53,10 +53,45 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
     loaded = load_lab(ref, params)
     engine = engine or default_engine()
     image = engine.ensure_image(offline=offline, progress=progress)
-    plan = _plan_on(engine, loaded)
-    report = engine.deploy(plan, image.tag, progress)
+    plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+    report = _deploy(engine, plan, image.tag, progress)
     impaired = _apply_lab_impairments(engine, plan, report, progress)
     return UpResult(plan, report, image, time.monotonic() - started, impaired)
+
+
+def _deploy(engine: Engine, plan: LabPlan, image: str, progress: Progress | None) -> DeployReport:
+    """Deploy, then the nodes' files and startup (a failed startup rolls back like a failed deploy)."""
+    from .provision import provision
+
+    return engine.deploy(plan, image, progress, after=lambda report: provision(engine, plan, report, progress))
+
+
+def _with_packages(engine: Engine, loaded: LoadedLab, plan: LabPlan, image: str, progress: Progress | None,
+                   rebuild: bool = False) -> LabPlan:
+    """Nodes with `packages:` run a lab image variant: the node image plus those packages, built on the host's side."""
+    import dataclasses
+
+    from .engine import UnknownPackage
+
+    variants: dict[tuple[str, ...], str] = {}
+    nodes = []
+    for node in plan.nodes:
+        if not node.packages or node.image:
+            nodes.append(node)
+            continue
+        if node.packages not in variants:
+            try:
+                variants[node.packages] = engine.ensure_variant(image, node.packages, rebuild=rebuild, progress=progress)
+            except UnknownPackage as exc:
+                raise loaded.error(_package_field(loaded.lab, node.name, exc.package), exc.message, hint=exc.hint) from None
+        nodes.append(dataclasses.replace(node, image=variants[node.packages]))
+    return dataclasses.replace(plan, nodes=tuple(nodes))
+
+
+def _package_field(lab, node: str, package: str) -> tuple:
+    if package in lab.nodes[node].packages:
+        return ("nodes", node, "packages", lab.nodes[node].packages.index(package))
+    return ("packages", lab.packages.index(package)) if package in lab.packages else ("packages",)
 
 
 def _apply_lab_impairments(engine: Engine, plan: LabPlan, report: DeployReport, progress: Progress | None) -> list:
@@ -86,8 +121,8 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     check_results_dir(root or results_root())  # before the lab is touched
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
-    plan = _plan_on(engine, loaded)
-    _apply_lab_impairments(engine, plan, engine.deploy(plan, image.tag, progress), progress)
+    plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+    _apply_lab_impairments(engine, plan, _deploy(engine, plan, image.tag, progress), progress)
     results = []
     for one in chosen:
         if progress:
@@ -144,6 +179,7 @@ class NodeStatus:
     routes: list[dict] = field(default_factory=list)
     impairments: list[dict] = field(default_factory=list)  # in force on this node's egress, per interface
     loop: dict | None = None  # the routing loop this router takes part in (or last took part in)
+    services: list[dict] = field(default_factory=list)  # startup services: cmd, state (running | exited), pid, exit, log
 
 
 @dataclass
@@ -175,6 +211,7 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
                     return entry  # a node that does not answer is shown as the engine has it
                 entry.interfaces, entry.routes = list(seen.interfaces), list(seen.routes)
                 entry.impairments, entry.loop = list(seen.impairments), seen.loop
+                entry.services = _services(engine, name, state.node)
             return entry
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -198,6 +235,14 @@ def _plan_on(engine: Engine, loaded: LoadedLab) -> LabPlan:
     name = loaded.lab.name
     current = {l.link: IPv4Network(l.subnet) for l in engine.links(name) if l.subnet}
     return plan_lab(loaded, engine.subnets_in_use(exclude_lab=name), current)
+
+
+def _services(engine: Engine, lab: str, node: str) -> list[dict]:
+    """A node's startup services (none when it has none)."""
+    try:
+        return [service.to_json() for service in agent.call(engine, lab, node, "services").services]
+    except UserError:
+        return []
 
 
 def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine) -> tuple[LoadedLab, LabPlan]:
@@ -316,10 +361,25 @@ def report_schema() -> dict:
     return report_json_schema()
 
 
-def build_image(*, offline: bool = False, rebuild: bool = False, engine: Engine | None = None,
-                progress: Progress | None = None):
+def build_image(lab: str | Path | None = None, params: Mapping[str, str] | None = None, *, offline: bool = False,
+                rebuild: bool = False, engine: Engine | None = None, progress: Progress | None = None):
+    """The node image; with ``lab``, also the lab image variants its `packages:` need (ahead of `up`).
+
+    Returns the node image's info; a lab's variants are in its ``variants`` (node -> tag) when a lab is given.
+    """
     engine = engine or default_engine()
-    return engine.ensure_image(offline=offline, rebuild=rebuild, progress=progress)
+    info = engine.ensure_image(offline=offline, rebuild=rebuild, progress=progress)
+    if lab is None:
+        return info
+    loaded = load_lab(lab, params)
+    plan = _with_packages(engine, loaded, plan_lab(loaded, {}), info.tag, progress, rebuild=rebuild)
+    return LabImages(info, {node.name: node.image or info.tag for node in plan.nodes})
+
+
+@dataclass(frozen=True)
+class LabImages:
+    node_image: object
+    variants: dict[str, str]
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,16 @@ def _print_status(states: list) -> None:
             routes = "\n".join(f"{r['to']}" + (f" via {r['via']}" if r.get("via") else "") + f" dev {r['dev']}" for r in node.routes)
             nodes.add_row(node.name, node.status, interfaces, routes)
         out.print(nodes)
+        services = [(node.name, s) for node in state.nodes for s in node.services]
+        if services:
+            table = Table(title=f"lab {state.lab}: services", title_justify="left")
+            for column in ("node", "service", "state", "pid", "log"):
+                table.add_column(column)
+            for name, service in services:
+                how = service["state"] + (f" (exit {service['exit']})" if service.get("exit") is not None else "")
+                table.add_row(name, escape(service["cmd"]), "[green]running[/green]" if service["state"] == "running" else f"[red]{how}[/red]",
+                              str(service["pid"]), escape(service["log"]))
+            out.print(table)
 
 
 def _impairment_line(direction: dict) -> str:
@@ -593,16 +603,22 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
 
 @image_app.command("build")
-def image_build(offline: bool = typer.Option(False, help="Use the offline Debian bootstrap, never a registry."),
+def image_build(lab: Optional[str] = typer.Argument(None, help="A lab: also build the image variants its `packages:` need."),
+                param: List[str] = PARAM_OPT,
+                offline: bool = typer.Option(False, help="Use the offline Debian bootstrap, never a registry."),
                 rebuild: bool = typer.Option(False, help="Build even if an image for this code exists.")) -> None:
-    """Build the node image (reused when the agent, Dockerfile and package list are unchanged).
+    """Build the node image (reused when the agent, Dockerfile and package list are unchanged), and a lab's image variants.
 
-    Example: labctl image build --offline
+    Examples: labctl image build --offline; labctl image build labs/teardown-course
     """
     with progress_shown() as progress:
-        info = api.build_image(offline=offline, rebuild=rebuild, progress=progress)
+        result = api.build_image(lab, api.parse_params(param), offline=offline, rebuild=rebuild, progress=progress)
+    info = result.node_image if lab else result
     state = "built" if info.built else "up to date"
     out.print(f"{info.tag}: {state} (base {info.base}, {info.base_kind})")
+    if lab:
+        for node, tag in result.variants.items():
+            out.print(f"  node {node}: {tag}", highlight=False)
 
 
 @export_app.command("compose")

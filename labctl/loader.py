@@ -570,6 +570,25 @@ def check_lab(loaded: LoadedLab) -> None:
         for k, route in enumerate(node.routes or []):
             _check_route(loaded, links, name, k, route.to, route.via)
     _check_reachability(loaded)
+    _check_files(loaded)
+
+
+def _check_files(loaded: LoadedLab) -> None:
+    """Every `files:` entry names something inside the lab directory (or a -p path), and a sane node path."""
+    from .nodefiles import FilesError, check_destination, resolve_source
+
+    lab = loaded.lab
+    entries = [(("files", i), f) for i, f in enumerate(lab.files)]
+    entries += [(("nodes", name, "files", i), f) for name, node in lab.nodes.items() for i, f in enumerate(node.files)]
+    for where, entry in entries:
+        try:
+            resolve_source(entry.src, loaded.path, loaded.params)
+        except FilesError as exc:
+            raise loaded.error((*where, "src"), str(exc), hint="copy it into the lab directory, or pass its path with -p NAME=PATH and write src: \"{{ NAME }}\"") from None
+        try:
+            check_destination(entry.dst)
+        except FilesError as exc:
+            raise loaded.error((*where, "dst"), str(exc)) from None
 
 
 def _check_overlaps(loaded: LoadedLab) -> None:

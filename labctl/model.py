@@ -46,11 +46,44 @@ class Route(_Strict):
     via: str = Field(description="Next hop: a node on a shared link, or an IPv4 address on a connected subnet.")
 
 
+MAX_FILES = 64       # file entries of one node (or of the lab)
+MAX_STARTUP = 64     # startup commands of one node
+MAX_PACKAGES = 256   # Debian packages of a lab or node
+# A Debian package name (Debian Policy 5.6.1), optionally with an architecture qualifier.
+PackageName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]{1,99}(:[a-z0-9-]+)?$", description="A Debian package name, e.g. iperf3.")]
+NodePath = Annotated[str, Field(pattern=r"^/[^\x00]{0,4095}$", description="An absolute path inside the node.")]
+
+
+class FileCopy(_Strict):
+    """Files copied from the lab directory into a node at `up`, and again when they change."""
+
+    src: str = Field(min_length=1, max_length=4096, description="A file or directory, relative to the lab directory; a path given with -p may be anywhere.")
+    dst: NodePath = Field(description="Where it goes in the node: the file's path, or the directory that receives the directory's contents.")
+    mode: Literal["ro", "rw"] = Field("ro", description="ro (default): no write permission for anyone in the node (root can still override); rw: writable.")
+
+
+class StartupCommand(_Strict):
+    """A command run at `up` after networking is in place; a service keeps running in the background."""
+
+    cmd: str = Field(min_length=1, max_length=10_000, description="A shell command line (sh -c).")
+    service: bool = Field(False, description="Long-running: started detached in its own process group, output to a log file; restarted by `up` when the node's files change.")
+    timeout: Duration = Field(60.0, description="How long a (non-service) command may run before it counts as failed.")
+
+
+def _command(value: object) -> object:
+    # `startup: ["make -C /srv/app"]`: a plain string is a one-shot command.
+    return {"cmd": value} if isinstance(value, str) else value
+
+
 class Node(_Strict):
     role: Literal["host", "router"] = Field("host", description="A router forwards packets (ip_forward=1, rp_filter=0); a host does not.")
     image: str | None = Field(None, description="Container image; default: labctl's node image.")
     sysctls: dict[SysctlName, SysctlValue] = Field(default_factory=dict, max_length=MAX_SYSCTLS, description="Network sysctls set in the node's namespace.")
     routes: list[Route] | None = Field(None, max_length=MAX_ROUTES, description="Static routes; when given, the computed routes of this node are not installed.")
+    files: list[FileCopy] = Field(default_factory=list, max_length=MAX_FILES, description="Files copied into this node at `up` (after the lab-wide ones).")
+    startup: list[Annotated[StartupCommand, BeforeValidator(_command, json_schema_input_type=StartupCommand | str)]] = Field(
+        default_factory=list, max_length=MAX_STARTUP, description="Commands run in order at `up`, after networking and files are in place.")
+    packages: list[PackageName] = Field(default_factory=list, max_length=MAX_PACKAGES, description="Debian packages added to this node's image (with the lab's).")
 
 
 MAX_DELAY = 3600.0  # seconds: the userspace engine holds a packet at most an hour, as a sanity bound
@@ -170,6 +203,16 @@ class Lab(_Strict):
     subnet_pool: IPv4Network | None = Field(None, description="Pool for links without a subnet; default 10.250.0.0/16 (or $LABCTL_SUBNET_POOL).")
     nodes: dict[NodeName, Annotated[Node, BeforeValidator(_none_is_empty)]] = Field(min_length=1, max_length=MAX_NODES)
     links: list[Link] = Field(min_length=1, max_length=MAX_LINKS)
+    files: list[FileCopy] = Field(default_factory=list, max_length=MAX_FILES, description="Files copied into every node at `up`.")
+    packages: list[PackageName] = Field(default_factory=list, max_length=MAX_PACKAGES,
+                                        description="Debian packages added to every node's image: a lab image variant, built offline on the host's side.")
+
+    def node_packages(self, name: str) -> tuple[str, ...]:
+        """The Debian packages node ``name`` needs beyond the node image: the lab's and its own, sorted."""
+        return tuple(sorted(set(self.packages) | set(self.nodes[name].packages)))
+
+    def node_files(self, name: str) -> list[FileCopy]:
+        return [*self.files, *self.nodes[name].files]
 
     def routers(self) -> list[str]:
         return [name for name, node in self.nodes.items() if node.role == "router"]

@@ -18,6 +18,7 @@ from typing import Mapping
 from .agent import protocol
 from .loader import LoadedLab, forwarding_paths, gateway_address
 from .model import Lab
+from .nodefiles import FileSource, resolve_source
 
 DEFAULT_POOL = IPv4Network("10.250.0.0/16")
 POOL_PREFIX = 24
@@ -50,6 +51,16 @@ class InterfaceImpairment:
 
 
 @dataclass(frozen=True)
+class StartupPlan:
+    cmd: str
+    service: bool = False
+    timeout: float = 60.0
+
+    def to_json(self) -> dict:
+        return {"cmd": self.cmd, "service": self.service, "timeout": self.timeout}
+
+
+@dataclass(frozen=True)
 class NodePlan:
     name: str
     role: str
@@ -60,6 +71,10 @@ class NodePlan:
     sysctls: tuple[tuple[str, str], ...]
     # Not part of setup() nor of the spec hash: impairments change in running nodes, never by a new container.
     impairments: tuple[InterfaceImpairment, ...] = ()
+    # Nor are files and startup commands: they are refreshed in place (see labctl/provision.py).
+    files: tuple[FileSource, ...] = ()
+    startup: tuple[StartupPlan, ...] = ()
+    packages: tuple[str, ...] = ()  # Debian packages beyond the node image: the node runs a lab image variant
 
     def setup(self) -> protocol.Setup:
         """What the in-node agent applies after start."""
@@ -139,7 +154,7 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
         LinkPlan(link.name, subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
         for link in lab.links
     )
-    nodes = tuple(_plan_node(lab, name, subnets, addresses) for name in lab.nodes)
+    nodes = tuple(_plan_node(lab, name, subnets, addresses, _node_files(loaded, name)) for name in lab.nodes)
     return LabPlan(lab.name, str(loaded.path or ""), links, nodes, dict(loaded.params))
 
 
@@ -198,7 +213,13 @@ def _assign_addresses(loaded: LoadedLab, subnets: Mapping[str, IPv4Network]) -> 
     return result
 
 
-def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresses: Mapping[tuple[str, str], IPv4Interface]) -> NodePlan:
+def _node_files(loaded: LoadedLab, name: str) -> tuple[FileSource, ...]:
+    # The loader checked every entry; resolving again gives the absolute paths.
+    return tuple(FileSource(resolve_source(f.src, loaded.path, loaded.params), f.dst, f.mode) for f in loaded.lab.node_files(name))
+
+
+def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresses: Mapping[tuple[str, str], IPv4Interface],
+               files: tuple[FileSource, ...] = ()) -> NodePlan:
     node = lab.nodes[name]
     interfaces = tuple(Interface(link.name, link.name, addresses[(link.name, name)]) for link in lab.links if name in link.endpoints)
     paths = forwarding_paths(lab, name)
@@ -221,7 +242,8 @@ def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresse
     return NodePlan(
         name=name, role=node.role, image=node.image, interfaces=interfaces,
         routes=routes, hosts=hosts, sysctls=tuple((k, str(v)) for k, v in sorted(sysctls.items())),
-        impairments=_node_impairments(lab, name),
+        impairments=_node_impairments(lab, name), files=files,
+        startup=tuple(StartupPlan(c.cmd, c.service, c.timeout) for c in node.startup), packages=lab.node_packages(name),
     )
 
 

@@ -54,8 +54,12 @@ ACTIONS = tuple(STEP_KINDS)
 NODE_ACTIONS = tuple(key for key, kind in STEP_KINDS.items() if kind.on_node)
 
 
+MAX_POINTS = 1_000_000
+
+
 class _ExpectationBase(Strict):
     name: str | None = None
+    points: float | None = Field(None, ge=0, le=MAX_POINTS, description="What this expectation is worth in a gradebook (`labctl grade`); none: it is not graded with points.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "_ExpectationBase":

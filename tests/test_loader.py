@@ -88,7 +88,7 @@ def test_unknown_key_is_refused_and_the_hint_lists_the_allowed_ones():
           - {name: right, endpoints: [router, server]}
         """)
     assert_points_at(err, line=5, field="nodes.server.colour", says="unknown key 'colour'")
-    assert err.hint == "allowed here: role, image, sysctls, routes"
+    assert err.hint == "allowed here: role, image, sysctls, routes, files, startup, packages"
 
 
 def test_endpoints_given_as_a_string_is_the_wrong_type():

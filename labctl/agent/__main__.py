@@ -30,6 +30,12 @@ HANDLERS = {
     "impair": ("impair", "apply"),
     # A transient forwarding loop with another router (start, heal, status).
     "loop": ("loop", "main"),
+    # The node's own files and programs from the lab file (files:, startup:), and its services.
+    "files-prepare": ("startup", "prepare"),
+    "files-seal": ("startup", "seal"),
+    "startup": ("startup", "run"),
+    "provision-state": ("startup", "state"),
+    "services": ("startup", "services"),
 }
 assert set(HANDLERS) == set(protocol.COMMANDS)
 

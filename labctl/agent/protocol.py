@@ -237,6 +237,74 @@ class ProbeReply(Reply):
     features: dict[str, dict] = field(default_factory=dict)  # key -> {what, ok, detail, fallback, seconds}
 
 
+# files-prepare, files-seal, startup, provision-state, services: a node's own files and programs
+# from the lab file (files:, startup:), see agent/startup.py and labctl/provision.py.
+
+@dataclass(frozen=True)
+class FilesPrepare(Message):
+    dsts: list[str]                                   # node paths about to be copied in (old copies go first)
+    remove: list[str] = field(default_factory=list)   # node paths the lab no longer copies
+
+
+@dataclass(frozen=True)
+class FilesSeal(Message):
+    hash: str | None                                  # content hash of what the node now holds
+    dsts: list[str] = field(default_factory=list)
+    ro: list[str] = field(default_factory=list)       # node paths that lose every write bit
+
+
+@dataclass(frozen=True)
+class StartupCommand(Message):
+    cmd: str
+    service: bool = False
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Startup(Message):
+    startup: list[StartupCommand]
+    key: str                 # what the startup depends on (commands and files): kept in the node
+    commands: bool = True    # run the one-shot commands (else only services not running are started)
+    restart: bool = False    # restart every service
+
+
+@dataclass(frozen=True)
+class Service(Message):
+    index: int               # its place in the node's startup list
+    cmd: str
+    pid: int                 # of the service's process group leader
+    log: str
+    state: str = "running"   # running | exited
+    exit: int | None = None
+    tail: str | None = None  # the end of its log, once exited
+    status_file: str | None = None
+    started: float | None = None
+
+
+@dataclass(frozen=True)
+class StartupReply(Reply):
+    index: int | None = None   # the command that failed
+    cmd: str | None = None
+    exit: int | None = None
+    output: str = ""
+    reason: str | None = None
+    started: list[Service] = field(default_factory=list)
+    kept: list[Service] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProvisionState(Reply):
+    files_hash: str | None = None
+    startup_key: str | None = None
+    files: list[str] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServicesReply(Reply):
+    services: list[Service] = field(default_factory=list)
+
+
 # command -> (request type or None, reply type). The actor and the shaper are not one-shot.
 COMMANDS: dict[str, tuple[type | None, type]] = {
     "setup": (Setup, SetupReply),
@@ -246,6 +314,11 @@ COMMANDS: dict[str, tuple[type | None, type]] = {
     "loop": (Loop, LoopReply),
     "sysctl": (Sysctls, SysctlReply),
     "probe": (None, ProbeReply),
+    "files-prepare": (FilesPrepare, Reply),
+    "files-seal": (FilesSeal, Reply),
+    "startup": (Startup, StartupReply),
+    "provision-state": (None, ProvisionState),
+    "services": (None, ServicesReply),
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Callable, Mapping, Sequence
 
+from ..errors import EngineError
 from ..plan import LabPlan
 from .tracefs import Tracefs
 
@@ -55,6 +56,15 @@ class LinkState:
     network: str
     subnet: str
     gateway: str
+
+
+class UnknownPackage(EngineError):
+    """A Debian package the archive the engine builds from does not know."""
+
+    def __init__(self, package: str):
+        super().__init__(f"unknown Debian package '{package}'",
+                         hint="check its name (apt-cache search WORD on a Debian bookworm host)")
+        self.package = package
 
 
 @dataclass
@@ -114,13 +124,22 @@ class Engine(ABC):
         """What the node image for this code is called (built or not)."""
         return "the node image"
 
+    def ensure_variant(self, base: str, packages: Sequence[str], *, rebuild: bool = False, progress: Progress | None = None) -> str:
+        """The image ``base`` plus Debian ``packages`` (a lab image variant); its tag. Built once per package list."""
+        raise EngineError(f"the {self.name} engine cannot add Debian packages to a node image",
+                          hint="leave `packages:` out, or give the node an image of your own (image:)")
+
     @abstractmethod
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
         """Subnets held by engine networks, other than the given lab's, with their names."""
 
     @abstractmethod
-    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None) -> DeployReport:
-        """Make the engine hold exactly this plan's objects for the lab. All or nothing."""
+    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None,
+               after: Callable[[DeployReport], None] | None = None) -> DeployReport:
+        """Make the engine hold exactly this plan's objects for the lab. All or nothing.
+
+        ``after(report)`` runs once the objects are in place (the nodes' files and startup);
+        when it raises, what this call created is rolled back like any failed deploy."""
 
     @abstractmethod
     def destroy(self, lab: str | None) -> list[str]:

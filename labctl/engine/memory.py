@@ -96,7 +96,8 @@ class MemoryEngine(Engine):
         with self.lock:
             return self.labs_held.setdefault(lab, ({}, {}))
 
-    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None) -> DeployReport:
+    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None,
+               after: Callable[[DeployReport], None] | None = None) -> DeployReport:
         from .. import nodes as agent
 
         nodes, links = self._lab(plan.lab)
@@ -122,6 +123,9 @@ class MemoryEngine(Engine):
                     agent.install_agent(self, plan.lab, node.name)
                 agent.setup(self, plan.lab, node.name, node.setup(), node.image or image)
                 report.created.append(node.name)
+            report.fresh.update(n.name for n in todo.new_nodes)
+            if after is not None:
+                after(report)
         except BaseException:
             for name in made:
                 nodes.pop(name, None)

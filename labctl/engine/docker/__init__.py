@@ -55,6 +55,9 @@ class DockerEngine(Engine):
     def ensure_image(self, *, offline: bool = False, rebuild: bool = False, progress: Progress | None = None):
         return node_image.ensure_node_image(self.client, offline=offline, rebuild=rebuild, progress=progress or _quiet)
 
+    def ensure_variant(self, base: str, packages: Sequence[str], *, rebuild: bool = False, progress: Progress | None = None) -> str:
+        return node_image.ensure_variant(self.client, base, list(packages), rebuild=rebuild, progress=progress or _quiet)
+
     def image_present(self) -> str | None:
         tag = node_image.expected_tag()
         return tag if node_image.has_image(self.client, tag) else None
@@ -76,8 +79,9 @@ class DockerEngine(Engine):
     def links(self, lab: str) -> list[LinkState]:
         return self.inventory.links(lab)
 
-    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None) -> DeployReport:
-        return deployment.deploy(self, plan, image, progress or _quiet)
+    def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None,
+               after: Callable[[DeployReport], None] | None = None) -> DeployReport:
+        return deployment.deploy(self, plan, image, progress or _quiet, after)
 
     def destroy(self, lab: str | None) -> list[str]:
         return deployment.destroy(self, lab)

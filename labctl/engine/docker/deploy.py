@@ -34,7 +34,8 @@ CAPABILITIES = ["NET_ADMIN", "NET_RAW"]
 Remember = Callable[[str, str], None]
 
 
-def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress) -> DeployReport:
+def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress,
+           after: Callable[[DeployReport], None] | None = None) -> DeployReport:
     report = DeployReport()
     created: list[tuple[str, str]] = []  # (kind, id) made by this call, for rollback
     lock = threading.Lock()
@@ -45,6 +46,8 @@ def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress
 
     try:
         _reconcile(engine, plan, image, progress, report, remember)
+        if after is not None:
+            after(report)  # the nodes' files and startup: their failure undoes this deploy too
     except BaseException:
         # All or nothing: whatever this call made goes, whether the engine failed,
         # a node's setup failed or the user pressed Ctrl-C.

@@ -23,7 +23,7 @@ import docker
 import docker.errors
 
 from ...errors import EngineError
-from .. import ImageInfo
+from .. import ImageInfo, UnknownPackage
 from ...nodes import ROOT, agent_files, tar_of
 
 DOCKER_DIR = ROOT / "docker"
@@ -178,3 +178,98 @@ def ensure_node_image(client: docker.DockerClient, *, offline: bool = False, reb
     except docker.errors.APIError as exc:
         raise EngineError(f"image build failed: {_short(exc)}") from None
     return ImageInfo(tag, base, kind, built=True)
+
+
+# --- lab image variants: the node image plus a lab's Debian packages ----------------------------
+
+VARIANT_REPO = "labctl-lab"
+VARIANT_DOCKERFILE = """\
+FROM {base}
+COPY debs/ /tmp/labctl-debs/
+# No network here: every package (with its dependencies) was fetched on the host's side.
+# No service starts while packages are installed (there is no init to run it).
+RUN set -eu; printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \\
+    if ls /tmp/labctl-debs/*.deb >/dev/null 2>&1; then dpkg -i /tmp/labctl-debs/*.deb; fi; \\
+    rm -rf /tmp/labctl-debs /usr/sbin/policy-rc.d
+"""
+
+
+def variant_tag(base: str, packages: list[str]) -> str:
+    """Cached by the content hash of the package list (and of the node image it builds on)."""
+    blob = base + "\n" + "\n".join(sorted(set(packages)))
+    return f"{VARIANT_REPO}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _apt(argv: list[str]) -> subprocess.CompletedProcess:
+    tool = shutil.which(argv[0])
+    if tool is None:
+        raise EngineError(f"lab packages need {argv[0]} on this host (a Debian {SUITE} host fetches them, as the offline bootstrap does)",
+                          hint="run labctl on a Debian host, or add the packages to your own image (image: in the lab file)")
+    return subprocess.run([tool, *argv[1:]], capture_output=True, text=True)
+
+
+def check_packages(packages: list[str]) -> None:
+    """Every package is one the host's archive knows; raises ``UnknownPackage`` naming the first that is not."""
+    for package in packages:
+        shown = _apt(["apt-cache", "show", "--no-all-versions", package])
+        if shown.returncode != 0 or not shown.stdout.strip():
+            raise UnknownPackage(package)
+
+
+def image_dpkg_status(client: docker.DockerClient, image: str) -> bytes:
+    """What the image has installed (its dpkg status file), for the host's apt to solve against."""
+    return client.containers.run(image, ["cat", "/var/lib/dpkg/status"], network_mode="none", remove=True,
+                                 labels={"org.labctl.owner": "labctl", "org.labctl.lab": "__probe__"})
+
+
+def fetch_debs(packages: list[str], status: bytes, into: Path) -> list[Path]:
+    """The .debs ``packages`` need on a system whose dpkg status is ``status``: the host's apt solves
+    against the image's installed packages (not the host's) and downloads only what is missing."""
+    work = into / "apt"
+    (work / "archives" / "partial").mkdir(parents=True)
+    (work / "status").write_bytes(status)
+    options = {"Dir::State::status": work / "status", "Dir::Cache::archives": work / "archives",
+               "Dir::Cache::pkgcache": "", "Dir::Cache::srcpkgcache": "", "APT::Sandbox::User": "root", "Debug::NoLocking": "1"}
+    argv = ["apt-get", "install", "-y", "-q", "--download-only", "--no-install-recommends"]
+    for key, value in options.items():
+        argv += ["-o", f"{key}={value}"]
+    result = _apt([*argv, *packages])
+    if result.returncode != 0:
+        raise EngineError(f"fetching {', '.join(packages)} on the host failed: {(result.stderr or result.stdout).strip()[-500:]}",
+                          hint="check that the host reaches its Debian mirror (apt-get update)")
+    return sorted((work / "archives").glob("*.deb"))
+
+
+def ensure_variant(client: docker.DockerClient, base: str, packages: list[str], *, rebuild: bool = False,
+                   progress: Progress = _quiet) -> str:
+    """The node image ``base`` plus ``packages``: built once, found again by the hash of the list.
+
+    OS packages come in on the host's side (its apt fetches the .debs from its Debian mirror);
+    the build itself runs with no network, like the node image's.
+    """
+    wanted = sorted(set(packages))
+    tag = variant_tag(base, wanted)
+    if not rebuild and has_image(client, tag):
+        return tag
+    check_packages(wanted)
+    files = {"Dockerfile": VARIANT_DOCKERFILE.format(base=base).encode()}
+    with tempfile.TemporaryDirectory(prefix="labctl-debs-") as tmp:
+        debs = fetch_debs(wanted, image_dpkg_status(client, base), Path(tmp))
+        progress(f"building {tag}: {', '.join(wanted)} on {base} "
+                 + (f"({len(debs)} .deb(s) fetched on the host)" if debs else "(all already in the image)"))
+        for deb in debs:
+            files[f"debs/{deb.name}"] = deb.read_bytes()
+        files.setdefault("debs/.keep", b"")
+        try:
+            for chunk in client.api.build(fileobj=tar_of(files), custom_context=True, tag=tag, rm=True, forcerm=True,
+                                          network_mode="none", decode=True,
+                                          labels={"org.labctl.owner": "labctl", "org.labctl.base": base,
+                                                  "org.labctl.packages": " ".join(wanted)}):
+                if "error" in chunk:
+                    raise EngineError(f"building the lab image with {', '.join(wanted)} failed: {chunk['error'].strip()}")
+                if line := chunk.get("stream", "").strip():
+                    if line.startswith("Step "):
+                        progress(line)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"building the lab image failed: {_short(exc)}") from None
+    return tag
