@@ -546,3 +546,27 @@ def export_pcapng(run: str | Path, target, *, root: Path | None = None) -> dict:
     if not (directory / "pcaps").is_dir():
         raise UserError(f"{directory} holds no captures (no pcaps/ directory)")
     return {"run_dir": str(directory), **pcapng.write(directory, target)}
+
+
+# --- courses: a new lab, grading a class -------------------------------------------------------
+
+def new_lab(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Scaffold a lab in ``directory``: lab.yaml, one scenario, its guide (README.md) and a .gitignore for results."""
+    from .scaffold import new_lab as scaffold
+
+    return scaffold(directory, name)
+
+
+def grade(ref: str | Path, submissions: str | Path, *, scenarios: Sequence[str] = (), parallel: int = 1,
+          output: str | Path | None = None, params: Mapping[str, str] | None = None, timeout: float | None = None,
+          engine: Engine | None = None, progress: Progress | None = None):
+    """Every submission (a subdirectory of ``submissions``, given to the lab as ``{{ submission }}``) on every
+    scenario; writes gradebook.csv/.json, summary.html and one HTML report per submission into ``output``.
+
+    Returns a ``grade.Gradebook``. Grades are results, not errors: only a problem with the lab or the
+    command itself raises.
+    """
+    from .grade import RUN_TIMEOUT, grade as grade_class
+
+    return grade_class(ref, submissions, scenarios=scenarios, parallel=parallel, output=output, params=params,
+                       timeout=timeout or RUN_TIMEOUT, engine=engine, progress=progress)

@@ -696,9 +696,60 @@ def validate(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
               f"{len(result['scenarios'])} scenario file(s), {runs} run(s), all valid", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def new(directory: str = typer.Argument(..., help="The new lab's directory (new, or empty)."),
+        name: Optional[str] = typer.Option(None, help="The lab's name (default: from the directory).")) -> None:
+    """Scaffold a lab: lab.yaml, one scenario, its guide (README.md) and a .gitignore for results.
+
+    Example: labctl new mylab && labctl validate mylab
+    """
+    for path in api.new_lab(directory, name):
+        out.print(f"wrote {escape(str(path))}", highlight=False)
+    out.print(f"next: labctl validate {escape(directory)} && labctl run {escape(directory)}", highlight=False)
+
+
+@app.command()
+def grade(lab: str = LAB_ARG,
+          submissions: str = typer.Option(..., "--submissions", help="A directory with one subdirectory per submission."),
+          scenario: List[str] = typer.Option([], "--scenario", "-s", help="A scenario to grade (repeatable); all when omitted."),
+          parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Submissions at once (needs lab instances; one at a time until labctl has them)."),
+          output: Optional[str] = typer.Option(None, "--output", "-o", help="The gradebook directory (default ./LAB-grades)."),
+          timeout: Optional[float] = typer.Option(None, help="Seconds one run may take (default 300)."),
+          param: List[str] = PARAM_OPT,
+          as_json: bool = typer.Option(False, "--json", help="Print the gradebook as JSON.")) -> None:
+    """Run every scenario for every submission; write one gradebook (CSV, JSON), a class summary and a report per submission.
+
+    Each submission reaches the lab as the parameter `submission` (its absolute path). Exit status 0 when grading
+    completed, whatever the grades; 2 on a usage or environment error.
+
+    Example: labctl grade labs/teardown-course --submissions tests/submissions -o grades
+    """
+    with progress_shown(not as_json) as progress:
+        book = api.grade(lab, submissions, scenarios=scenario, parallel=parallel, output=output, params=api.parse_params(param),
+                         timeout=timeout, progress=progress)
+    if as_json:
+        out.print_json(data=book.to_json())
+        return
+    table = Table(title=f"{book.lab}: {len(book.grades)} submission(s) in {book.seconds:.1f} s", title_justify="left")
+    table.add_column("submission")
+    for column in book.columns:
+        table.add_column(escape(column.name))
+    table.add_column("points")
+    table.add_column("reason")
+    colours = {"pass": "green", "fail": "red", "undecided": "yellow"}
+    for g in book.grades:
+        cells = [f"[{colours.get(g.outcomes[c.key], 'dim')}]{g.outcomes[c.key]}[/]" for c in book.columns]
+        table.add_row(escape(g.submission), *cells, f"{g.points:g}/{g.max_points:g}", escape((g.reason or "")[:200]))
+    out.print(table)
+    if book.note:
+        err.print(f"[yellow]note:[/yellow] {escape(book.note)}", highlight=False)
+    for name in ("gradebook.csv", "gradebook.json", "summary.html"):
+        out.print(f"wrote {escape(str(book.directory / name))}", highlight=False)
+
+
 # Commands that talk to the engine, and those that plan subnets: their environment is checked first.
-ENGINE_COMMANDS = {"up", "run", "down", "status", "impair", "loop", "exec", "shell", "doctor", "image", "export", "capture"}
-POOL_COMMANDS = {"up", "run", "impair", "loop", "export"}
+ENGINE_COMMANDS = {"up", "run", "down", "status", "impair", "loop", "exec", "shell", "doctor", "image", "export", "capture", "grade"}
+POOL_COMMANDS = {"up", "run", "impair", "loop", "export", "grade"}
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,333 @@
+"""Grading a class: every submission through every scenario of a lab, one gradebook.
+
+Each subdirectory of the submissions directory is one submission, given to the
+lab as the parameter ``submission`` (an absolute path: a lab file writes
+``src: "{{ submission }}/server.py"``). Every run is a separate ``labctl run``
+process with a time limit, so a submission that crashes, never listens or
+loops forever gets its verdicts and a reason, and the others go on. Every
+submission starts on a fresh lab (taken down after it), so nothing one leaves
+running reaches the next.
+
+Writes into the output directory: gradebook.csv, gradebook.json, summary.html
+(pass rate per expectation, the most missed first), one HTML report per
+submission (submissions/NAME.html) and the run directories (runs/NAME/...).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from ..errors import UserError
+from ..rundir import write_json
+
+RUN_TIMEOUT = 300.0  # seconds one scenario run of one submission may take, bringing the lab up included
+Progress = Callable[[str], None]
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One graded expectation: a scenario's expectation, by its place there."""
+
+    scenario: str
+    index: int
+    name: str
+    points: float | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{self.name}"
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    run_dir: str | None
+    status: str  # complete | incomplete | error | timeout
+    verdicts: list[dict] = field(default_factory=list)
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class SubmissionGrade:
+    submission: str
+    path: str
+    results: list[ScenarioResult] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)  # column key -> pass | fail | undecided | not run
+    points: float = 0.0
+    max_points: float = 0.0
+    reason: str | None = None
+    report: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"submission": self.submission, "path": self.path, "outcomes": self.outcomes, "points": self.points,
+                "max_points": self.max_points, "reason": self.reason, "report": self.report, "seconds": round(self.seconds, 2),
+                "runs": [vars(r) for r in self.results]}
+
+
+@dataclass
+class Gradebook:
+    lab: str
+    directory: Path
+    columns: list[Column]
+    grades: list[SubmissionGrade]
+    parallel: int
+    workers: int
+    note: str | None
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA_VERSION, "lab": self.lab, "parallel": self.parallel, "workers": self.workers, "note": self.note,
+                "seconds": round(self.seconds, 2),
+                "columns": [{"key": c.key, "scenario": c.scenario, "index": c.index, "name": c.name, "points": c.points} for c in self.columns],
+                "submissions": [g.to_json() for g in self.grades], "summary": summary(self)}
+
+
+def submissions_in(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory of submissions", hint="one subdirectory per submission")
+    found = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise UserError(f"{directory} holds no submissions", hint="one subdirectory per submission")
+    return found
+
+
+def columns_of(lab: str | Path, scenarios: Sequence[str], params: Mapping[str, str], sample: Path) -> list[Column]:
+    """The graded expectations, from the scenarios as a submission would load them."""
+    from ..loader import load_lab, load_scenarios
+
+    loaded = load_lab(lab, {**params, "submission": str(sample)})
+    result = []
+    for one in load_scenarios(loaded, scenarios, {**params, "submission": str(sample)}):
+        for index, expectation in enumerate(one.scenario.expect):
+            name = expectation.name or f"{expectation.kind} #{index + 1}"
+            result.append(Column(one.label, index, name, expectation.points))
+    return result
+
+
+def _run_one(lab: str, scenario: str, submission: Path, params: Mapping[str, str], results: Path,
+             timeout: float) -> ScenarioResult:
+    argv = [sys.executable, "-m", "labctl", "run", lab, "-s", scenario, "--results", str(results), "--json",
+            "-p", f"submission={submission}"]
+    for key, value in params.items():
+        argv += ["-p", f"{key}={value}"]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGINT first: the runner then still writes its run directory (incomplete: interrupted).
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        return ScenarioResult(scenario, _latest_run(results), "timeout", [], f"the run took more than {timeout:.0f} s and was stopped",
+                              time.monotonic() - started)
+    seconds = time.monotonic() - started
+    if proc.returncode in (0, 1, 3) and stdout.strip():
+        try:
+            [outcome] = json.loads(stdout)
+        except ValueError:
+            outcome = None
+        if outcome is not None:
+            return ScenarioResult(scenario, outcome["run_dir"], outcome["status"], outcome["verdicts"], None, seconds)
+    message = " ".join((stderr or stdout).strip().replace("error: ", "", 1).split())[-600:]
+    return ScenarioResult(scenario, _latest_run(results), "error", [], message or f"labctl run exited with status {proc.returncode}", seconds)
+
+
+def _latest_run(results: Path) -> str | None:
+    runs = sorted((p for p in results.rglob("run.json")), key=lambda p: p.stat().st_mtime) if results.exists() else []
+    return str(runs[-1].parent) if runs else None
+
+
+def _reason(result: ScenarioResult) -> str | None:
+    """Why a run's expectations failed beyond themselves: the run's own error, a step that failed, what a program said."""
+    if result.reason:
+        return result.reason
+    extra = [v for v in result.verdicts if v.get("kind") in ("step-ran", "run-complete") and v.get("outcome") != "pass"]
+    if not extra:
+        return None
+    parts = [f"{v['description']}: {v['observed']}" for v in extra[:3]]
+    logs = _program_output(result.run_dir)
+    return "; ".join(parts) + (f" — program output: {logs}" if logs else "")
+
+
+def _program_output(run_dir: str | None) -> str:
+    """The last lines a background program of the run wrote (the student's crash, usually)."""
+    if not run_dir:
+        return ""
+    for log in sorted((Path(run_dir) / "logs").glob("*-exec-*.log")):
+        text = log.read_text(errors="replace").strip()
+        if text:
+            return " | ".join(text.splitlines()[-3:])[-400:]
+    return ""
+
+
+def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], columns: list[Column], params: Mapping[str, str],
+                     out: Path, timeout: float, engine_down: Callable[[], None]) -> SubmissionGrade:
+    started = time.monotonic()
+    grade = SubmissionGrade(submission.name, str(submission))
+    results_dir = out / "runs" / submission.name
+    chosen = list(dict.fromkeys(c.scenario for c in columns)) or list(scenarios)
+    try:
+        for scenario in chosen:
+            grade.results.append(_run_one(lab, scenario.split("[")[0], submission.resolve(), params, results_dir / scenario, timeout))
+    finally:
+        engine_down()
+    by_scenario = {r.scenario: r for r in grade.results}
+    reasons = []
+    for column in columns:
+        result = by_scenario.get(column.scenario.split("[")[0])
+        verdict = next((v for v in (result.verdicts if result else []) if v.get("index") == column.index
+                        and v.get("kind") not in ("step-ran", "run-complete")), None)
+        outcome = verdict["outcome"] if verdict else "not run"
+        grade.outcomes[column.key] = outcome
+        if column.points is not None:
+            grade.max_points += column.points
+            if outcome == "pass":
+                grade.points += column.points
+    for result in grade.results:
+        if (why := _reason(result)) is not None:
+            reasons.append(f"{result.scenario}: {why}")
+    grade.reason = " / ".join(reasons) or None
+    grade.seconds = time.monotonic() - started
+    return grade
+
+
+def grade(lab: str | Path, submissions: str | Path, *, scenarios: Sequence[str] = (), parallel: int = 1,
+          output: str | Path | None = None, params: Mapping[str, str] | None = None, timeout: float = RUN_TIMEOUT,
+          engine=None, progress: Progress | None = None) -> Gradebook:
+    """Grade every submission (subdirectory of ``submissions``) on every scenario of ``lab``; write the gradebook."""
+    from .. import api
+    from ..loader import load_lab
+
+    progress = progress or (lambda _: None)
+    params = dict(params or {})
+    found = submissions_in(Path(submissions))
+    loaded = load_lab(lab, {**params, "submission": str(found[0].resolve())})
+    lab_ref = str(loaded.path.parent.resolve()) if loaded.path is not None else str(lab)
+    columns = columns_of(lab_ref, scenarios, params, found[0].resolve())
+    out = Path(output) if output is not None else Path(f"{loaded.lab.name}-grades")
+    out.mkdir(parents=True, exist_ok=True)
+    workers, note = 1, None
+    if parallel > 1:
+        # Several submissions at once need isolated instances of the lab (separate names and
+        # subnets); until labctl has them, grading runs one submission at a time.
+        note = (f"--parallel {parallel}: graded one submission at a time: this labctl cannot run several "
+                "instances of a lab at once yet")
+        progress(note)
+    name = loaded.lab.name
+    engine = engine or api.default_engine()
+    api.down(name, engine=engine)  # a lab left from before would hold other files and programs
+    started = time.monotonic()
+
+    def one(submission: Path) -> SubmissionGrade:
+        progress(f"grading {submission.name}")
+        result = grade_submission(lab_ref, submission, scenarios, columns, params, out, timeout,
+                                  lambda: api.down(name, engine=engine))
+        progress(f"{submission.name}: {result.points:g}/{result.max_points:g}" + (f" ({result.reason[:120]})" if result.reason else ""))
+        return result
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        grades = list(pool.map(one, found))
+    for result in grades:
+        result.report = _write_report(out, result)
+    book = Gradebook(name, out, columns, grades, parallel, workers, note, time.monotonic() - started)
+    write_gradebook(book)
+    return book
+
+
+def _write_report(out: Path, result: SubmissionGrade) -> str | None:
+    """One HTML file per submission: labctl's report of each of its runs, one after another."""
+    from .. import api
+
+    reports = []
+    for run in result.results:
+        if run.run_dir and (Path(run.run_dir) / "run.json").is_file():
+            try:
+                reports.append((run.scenario, api.report([run.run_dir], format="html")))
+            except UserError as exc:
+                reports.append((run.scenario, f"<p>no report: {html.escape(exc.message)}</p>"))
+        else:
+            reports.append((run.scenario, f"<p>no run directory: {html.escape(run.reason or run.status)}</p>"))
+    path = out / "submissions" / f"{result.submission}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = "\n".join(f'<h2>{html.escape(scenario)}</h2>\n<iframe title="{html.escape(scenario)}" srcdoc="{html.escape(page)}"></iframe>'
+                       for scenario, page in reports)
+    reason = f"<p class=reason>{html.escape(result.reason)}</p>" if result.reason else ""
+    path.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(result.submission)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}} iframe{{width:100%;height:80vh;border:1px solid #ccc}} .reason{{color:#a00}}</style></head>
+<body><h1>{html.escape(result.submission)}: {result.points:g} / {result.max_points:g}</h1>{reason}
+{frames}
+</body></html>
+""")
+    return str(path.relative_to(out))
+
+
+def summary(book: Gradebook) -> list[dict]:
+    """Per expectation: how many passed, the pass rate; the most missed first."""
+    rows = []
+    for column in book.columns:
+        outcomes = [g.outcomes.get(column.key) for g in book.grades]
+        passed = sum(o == "pass" for o in outcomes)
+        rows.append({"key": column.key, "scenario": column.scenario, "name": column.name, "points": column.points,
+                     "passed": passed, "missed": len(outcomes) - passed, "of": len(outcomes),
+                     "pass_rate": round(passed / len(outcomes), 4) if outcomes else 0.0})
+    return sorted(rows, key=lambda r: (-r["missed"], r["key"]))
+
+
+def write_gradebook(book: Gradebook) -> None:
+    out = book.directory
+    write_json(out / "gradebook.json", book.to_json())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["submission", *[c.key for c in book.columns], "points", "max_points", "reason", "report"])
+    for g in book.grades:
+        writer.writerow([g.submission, *[g.outcomes.get(c.key, "not run") for c in book.columns], f"{g.points:g}", f"{g.max_points:g}",
+                         g.reason or "", g.report or ""])
+    (out / "gradebook.csv").write_text(buffer.getvalue())
+    (out / "summary.html").write_text(summary_html(book))
+
+
+def _points(points: float | None) -> str:
+    return "" if points is None else f"{points:g}"
+
+
+def summary_html(book: Gradebook) -> str:
+    rows = "\n".join(f"<tr><td>{html.escape(r['scenario'])}</td><td>{html.escape(r['name'])}</td><td>{_points(r['points'])}</td>"
+                     f"<td>{r['passed']} / {r['of']}</td><td><meter min=0 max=1 value={r['pass_rate']}></meter> {r['pass_rate']:.0%}</td>"
+                     f"<td>{r['missed']}</td></tr>" for r in summary(book))
+    students = "\n".join(f"<tr><td><a href=\"{html.escape(g.report or '')}\">{html.escape(g.submission)}</a></td><td>{g.points:g} / {g.max_points:g}</td>"
+                         f"<td>{html.escape(g.reason or '')}</td></tr>" for g in book.grades)
+    note = f"<p>{html.escape(book.note)}</p>" if book.note else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(book.lab)}: class summary</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:2em}} td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head>
+<body><h1>{html.escape(book.lab)}: class summary</h1>
+<p>{len(book.grades)} submission(s), graded in {book.seconds:.1f} s.</p>{note}
+<h2>Expectations, the most missed first</h2>
+<table><tr><th>scenario</th><th>expectation</th><th>points</th><th>passed</th><th>pass rate</th><th>missed</th></tr>
+{rows}
+</table>
+<h2>Submissions</h2>
+<table><tr><th>submission</th><th>points</th><th>reason</th></tr>
+{students}
+</table>
+</body></html>
+"""

@@ -1,0 +1,55 @@
+"""`labctl grade` on the teardown course's three sample submissions, on the real engine."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "labs" / "teardown-course"
+SUBMISSIONS = ROOT / "tests" / "submissions"
+
+pytestmark = pytest.mark.engine
+
+# The expected gradebook: right passes all; forgetting SO_REUSEADDR fails the restart (and what needs
+# it); the crash fails everything, with the reason, and touches no one else's grades.
+EXPECTED = {
+    "right": {"points": 9, "failed": []},
+    "no-reuseaddr": {"points": 6, "failed": ["restart/restarts at once (SO_REUSEADDR)", "restart/serves after the restart"]},
+    "crashes": {"points": 0, "failed": "all"},
+}
+
+
+def test_grade_the_three_sample_submissions(tmp_path, engine, node_image):
+    out = tmp_path / "grades"
+    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(LAB), "--submissions", str(SUBMISSIONS), "-o", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    book = json.loads((out / "gradebook.json").read_text())
+    keys = [c["key"] for c in book["columns"]]
+    assert len(keys) == 8 and sum(c["points"] for c in book["columns"]) == 9
+    rows = {s["submission"]: s for s in book["submissions"]}
+    assert set(rows) == set(EXPECTED)
+    for name, expected in EXPECTED.items():
+        row = rows[name]
+        failed = [k for k in keys if row["outcomes"][k] != "pass"]
+        assert failed == (keys if expected["failed"] == "all" else expected["failed"]), (name, row["outcomes"], row["reason"])
+        assert row["points"] == expected["points"] and row["max_points"] == 9
+        assert (out / row["report"]).is_file()
+    assert rows["right"]["reason"] is None
+    # EADDRINUSE is the evidence of the failed restart.
+    [restart] = [v for r in rows["no-reuseaddr"]["runs"] if r["scenario"] == "restart" for v in r["verdicts"] if v["index"] == 2]
+    assert restart["outcome"] == "fail" and "EADDRINUSE" in restart["observed"]
+    # The crash's reason names what the program said.
+    assert "TypeError" in rows["crashes"]["reason"], rows["crashes"]["reason"]
+    with open(out / "gradebook.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["submission"], r["points"]) for r in table] == [("crashes", "0"), ("no-reuseaddr", "6"), ("right", "9")]
+    summary = (out / "summary.html").read_text()
+    assert "restarts at once (SO_REUSEADDR)" in summary and "1 / 3" in summary
+    assert book["summary"][0]["missed"] >= book["summary"][-1]["missed"]
