@@ -157,26 +157,37 @@ def _latest_run(results: Path) -> str | None:
     return str(runs[-1].parent) if runs else None
 
 
-def _reason(result: ScenarioResult) -> str | None:
-    """Why a run's expectations failed beyond themselves: the run's own error, a step that failed, what a program said."""
+def _reason(result: ScenarioResult, columns: list[Column]) -> str | None:
+    """Why a run lost points, in a line: the run's own error, or the first graded expectation that
+    failed (what was observed), and the error a program of the run died of, if one did."""
     if result.reason:
         return result.reason
-    extra = [v for v in result.verdicts if v.get("kind") in ("step-ran", "run-complete") and v.get("outcome") != "pass"]
-    if not extra:
+    graded = {c.index for c in columns if c.scenario.split("[")[0] == result.scenario}
+    missed = [v for v in result.verdicts if v.get("index") in graded and v.get("kind") not in ("step-ran", "run-complete")
+              and v.get("outcome") != "pass"]
+    incomplete = [v for v in result.verdicts if v.get("kind") == "run-complete" and v.get("outcome") != "pass"]
+    if not missed and not incomplete:
         return None
-    parts = [f"{v['description']}: {v['observed']}" for v in extra[:3]]
-    logs = _program_output(result.run_dir)
-    return "; ".join(parts) + (f" — program output: {logs}" if logs else "")
+    parts = []
+    if incomplete:
+        parts.append(f"the run did not complete: {incomplete[0]['observed']}")
+    if missed:
+        first = missed[0]
+        observed = " ".join(str(first.get("observed") or "").replace("\\n", " ").split())[:200]
+        parts.append(f"{first.get('name') or first.get('description')}: {observed}")
+    if crash := _program_error(result.run_dir):
+        parts.append(f"the program said: {crash}")
+    return "; ".join(parts)
 
 
-def _program_output(run_dir: str | None) -> str:
-    """The last lines a background program of the run wrote (the student's crash, usually)."""
+def _program_error(run_dir: str | None) -> str:
+    """The error a program of the run ended with (the last line of a traceback), if any."""
     if not run_dir:
         return ""
     for log in sorted((Path(run_dir) / "logs").glob("*-exec-*.log")):
-        text = log.read_text(errors="replace").strip()
-        if text:
-            return " | ".join(text.splitlines()[-3:])[-400:]
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):
+            return lines[-1][:300]
     return ""
 
 
@@ -204,7 +215,7 @@ def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], colum
             if outcome == "pass":
                 grade.points += column.points
     for result in grade.results:
-        if (why := _reason(result)) is not None:
+        if (why := _reason(result, columns)) is not None:
             reasons.append(f"{result.scenario}: {why}")
     grade.reason = " / ".join(reasons) or None
     grade.seconds = time.monotonic() - started
