@@ -609,7 +609,7 @@ def image_build(lab: Optional[str] = typer.Argument(None, help="A lab: also buil
                 rebuild: bool = typer.Option(False, help="Build even if an image for this code exists.")) -> None:
     """Build the node image (reused when the agent, Dockerfile and package list are unchanged), and a lab's image variants.
 
-    Examples: labctl image build --offline; labctl image build labs/teardown-course
+    Example: labctl image build --offline (or: labctl image build labs/teardown-course)
     """
     with progress_shown() as progress:
         result = api.build_image(lab, api.parse_params(param), offline=offline, rebuild=rebuild, progress=progress)
