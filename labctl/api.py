@@ -63,6 +63,8 @@ def _deploy(engine: Engine, plan: LabPlan, image: str, progress: Progress | None
     """Deploy, then the nodes' files and startup (a failed startup rolls back like a failed deploy)."""
     from .provision import provision
 
+    if not any(node.files or node.startup for node in plan.nodes):
+        return engine.deploy(plan, image, progress)
     return engine.deploy(plan, image, progress, after=lambda report: provision(engine, plan, report, progress))
 
 
