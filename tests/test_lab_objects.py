@@ -78,8 +78,8 @@ def test_a_failing_teardown_does_not_hide_the_error_of_the_block(engine, teardow
 
 def test_an_up_that_fails_midway_leaves_nothing(teardown):
     class Broken(MemoryEngine):
-        def deploy(self, plan, image, progress=None):
-            super().deploy(plan, image, progress)
+        def deploy(self, plan, image, progress=None, **more):
+            super().deploy(plan, image, progress, **more)
             raise UserError("the engine broke after creating the nodes")
 
     broken = Broken()
