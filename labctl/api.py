@@ -46,16 +46,25 @@ def load(ref: str | Path, params: Mapping[str, str] | None = None) -> LoadedLab:
     return load_lab(ref, params)
 
 
+def lab_lock(engine: Engine, lab: str, *, wait: bool = True, progress: Progress | None = None):
+    """The lab's lock on this engine (see ``labctl.locking``): held by whatever changes or runs the lab."""
+    from .locking import lab_lock as lock
+
+    return lock(engine.ident, lab, wait=wait, notify=progress)
+
+
 def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engine | None = None,
-       offline: bool = False, progress: Progress | None = None) -> UpResult:
-    """Bring a lab up (or reconcile it with its file). Validation happens before anything is created."""
+       offline: bool = False, progress: Progress | None = None, wait: bool = True) -> UpResult:
+    """Bring a lab up (or reconcile it with its file, repairing nodes whose setup never finished).
+    Validation happens before anything is created; ``wait=False``: refuse if another labctl works on the lab."""
     started = time.monotonic()
     loaded = load_lab(ref, params)
     engine = engine or default_engine()
     image = engine.ensure_image(offline=offline, progress=progress)
-    plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
-    report = _deploy(engine, plan, image.tag, progress)
-    impaired = _apply_lab_impairments(engine, plan, report, progress)
+    with lab_lock(engine, loaded.lab.name, wait=wait, progress=progress):
+        plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+        report = _deploy(engine, plan, image.tag, progress)
+        impaired = _apply_lab_impairments(engine, plan, report, progress)
     return UpResult(plan, report, image, time.monotonic() - started, impaired)
 
 
@@ -106,7 +115,8 @@ def _apply_lab_impairments(engine: Engine, plan: LabPlan, report: DeployReport, 
 
 
 def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str] | None = None, *,
-        engine: Engine | None = None, root: Path | None = None, progress: Progress | None = None) -> list:
+        engine: Engine | None = None, root: Path | None = None, progress: Progress | None = None,
+        wait: bool = True) -> list:
     """Run scenarios of a lab (all of them by default), bringing the lab up if needed.
 
     Every scenario and matrix point is validated before anything is created or run.
@@ -123,18 +133,20 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     check_results_dir(root or results_root())  # before the lab is touched
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
-    plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
-    _apply_lab_impairments(engine, plan, _deploy(engine, plan, image.tag, progress), progress)
-    results = []
-    for one in chosen:
-        if progress:
-            progress(f"running {one.label}")
-        try:
-            results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
-        except RunInterrupted as stop:
-            # Ctrl-C ends the whole run: the scenarios after this one do not start.
-            stop.results = [*results, stop.result]
-            raise
+    # One run at a time per lab: another's socket clean-up or reconcile would cut this one's connections.
+    with lab_lock(engine, loaded.lab.name, wait=wait, progress=progress):
+        plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+        _apply_lab_impairments(engine, plan, _deploy(engine, plan, image.tag, progress), progress)
+        results = []
+        for one in chosen:
+            if progress:
+                progress(f"running {one.label}")
+            try:
+                results.append(ScenarioRun(engine, loaded, plan, one, image.tag, root, progress).execute())
+            except RunInterrupted as stop:
+                # Ctrl-C ends the whole run: the scenarios after this one do not start.
+                stop.results = [*results, stop.result]
+                raise
     return results
 
 
@@ -164,11 +176,18 @@ def lab_name(ref: str | Path, params: Mapping[str, str] | None = None) -> str:
     return str(ref)
 
 
-def down(ref: str | Path | None, *, engine: Engine | None = None, params: Mapping[str, str] | None = None) -> list[str]:
-    """Remove a lab's objects (every labctl object when ``ref`` is None)."""
+def down(ref: str | Path | None, *, engine: Engine | None = None, params: Mapping[str, str] | None = None,
+         wait: bool = True, progress: Progress | None = None) -> list[str]:
+    """Remove a lab's objects (every labctl object when ``ref`` is None), a stale lab's too."""
+    from contextlib import ExitStack
+
     name = None if ref is None else lab_name(ref, params)  # a bad lab file is refused before the engine is reached
     engine = engine or default_engine()
-    return engine.destroy(name)
+    with ExitStack() as locks:
+        # Every lab's lock, one after the other in name order, so two `down`s cannot deadlock.
+        for each in sorted(engine.labs()) if name is None else [name]:
+            locks.enter_context(lab_lock(engine, each, wait=wait, progress=progress))
+        return engine.destroy(name)
 
 
 @dataclass
@@ -182,6 +201,9 @@ class NodeStatus:
     impairments: list[dict] = field(default_factory=list)  # in force on this node's egress, per interface
     loop: dict | None = None  # the routing loop this router takes part in (or last took part in)
     services: list[dict] = field(default_factory=list)  # startup services: cmd, state (running | exited), pid, exit, log
+    configured: bool | None = None  # its agent says its setup finished (None: not asked, it is not running)
+    problem: str | None = None  # why it is not healthy
+    blocked: list[str] = field(default_factory=list)  # addresses it has no route to: the host's ends of its links
 
 
 @dataclass
@@ -190,9 +212,13 @@ class LabStatus:
     nodes: list[NodeStatus]
     links: list[dict]  # each with "impairments": one entry per impaired direction (from a node)
     loops: list[dict] = field(default_factory=list)  # routing loops in force, per router
+    health: str = "healthy"  # healthy | stale (half made: `up` repairs it, `down` removes it) | busy (another labctl at work)
+    problems: list[str] = field(default_factory=list)
+    busy: str | None = None  # who holds the lab's lock
 
     def to_json(self) -> dict:
-        return {"lab": self.lab, "nodes": [vars(n) for n in self.nodes], "links": self.links, "loops": self.loops}
+        return {"lab": self.lab, "health": self.health, "problems": self.problems, "busy": self.busy,
+                "nodes": [vars(n) for n in self.nodes], "links": self.links, "loops": self.loops}
 
 
 def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabStatus]:
@@ -206,24 +232,36 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
 
         def describe(state) -> NodeStatus:
             entry = NodeStatus(state.node, state.status, state.container, state.image)
-            if state.status == "running":
-                try:
-                    seen = agent.inspect(engine, name, state.node)
-                except UserError:
-                    return entry  # a node that does not answer is shown as the engine has it
-                entry.interfaces, entry.routes = list(seen.interfaces), list(seen.routes)
-                entry.impairments, entry.loop = list(seen.impairments), seen.loop
-                entry.services = _services(engine, name, state.node)
+            if state.status != "running":
+                entry.problem = f"it is {state.status}"
+                return entry
+            try:
+                health = agent.health(engine, name, state.node)
+                seen = agent.inspect(engine, name, state.node)
+            except UserError as exc:
+                entry.problem = f"its agent does not answer ({exc.message[:120]})"
+                return entry  # a node that does not answer is shown as the engine has it
+            entry.configured = health.configured and health.spec == state.spec
+            if not health.configured:
+                entry.problem = health.detail or "not configured"
+            elif health.spec != state.spec:
+                entry.problem = "it was configured for another spec"
+            entry.interfaces, entry.routes = list(seen.interfaces), list(seen.routes)
+            entry.impairments, entry.loop, entry.blocked = list(seen.impairments), seen.loop, list(seen.blocked)
+            entry.services = _services(engine, name, state.node)
             return entry
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             described = list(pool.map(describe, nodes))
         impaired = in_force({n.name: {"impairments": n.impairments} for n in described})
+        link_states = engine.links(name)
         links = [{"name": l.link, "network": l.network, "subnet": l.subnet, "gateway": l.gateway,
                   "impairments": [{"from": d.node, **d.to_json()} for d in impaired if d.link == l.link]}
-                 for l in engine.links(name)]
+                 for l in link_states]
         loops = [{"router": n.name, **n.loop} for n in described if n.loop and n.loop.get("active")]
-        result.append(LabStatus(name, described, links, loops))
+        entry = LabStatus(name, described, links, loops)
+        _judge_health(engine, entry, nodes, link_states)
+        result.append(entry)
     return result
 
 
@@ -247,6 +285,26 @@ def _services(engine: Engine, lab: str, node: str) -> list[dict]:
         return []
 
 
+def _judge_health(engine: Engine, entry: LabStatus, nodes: list, links: list) -> None:
+    """Healthy: the objects are exactly those of a complete `up` (its record) and every node says it is configured."""
+    from .engine import state_digest
+    from .locking import is_held
+
+    problems = [f"node {n.name}: {n.problem}" for n in entry.nodes if n.problem]
+    actual = state_digest({n.node: n.spec for n in nodes}, {l.link: l.spec for l in links})
+    recorded = engine.recorded(entry.lab)
+    if not recorded:
+        problems.insert(0, "no `up` of it ever finished (one was killed?)")
+    elif actual not in recorded:
+        problems.insert(0, "its nodes and links are not those its last finished `up` made (a later one was killed?)")
+    entry.problems = problems
+    entry.busy = is_held(engine.ident, entry.lab)
+    if entry.busy:
+        entry.health = "busy"  # another labctl is changing or running it: half made is its business now
+    elif problems:
+        entry.health = "stale"
+
+
 def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine) -> tuple[LoadedLab, LabPlan]:
     """A lab that is up, and its plan as its nodes have it (the subnets its links hold now)."""
     from ipaddress import IPv4Network
@@ -264,7 +322,8 @@ def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Eng
 
 
 def impair(lab: str | Path, link: str, from_node: str | None = None, settings: Mapping | None = None, clear: bool = False, *,
-           params: Mapping[str, str] | None = None, engine: Engine | None = None) -> list:
+           params: Mapping[str, str] | None = None, engine: Engine | None = None, wait: bool = True,
+           progress: Progress | None = None) -> list:
     """Impair a link of a running lab now, in one direction (``from_node``'s egress) or every one.
 
     ``settings`` as a lab file writes them: ``{"delay": "50ms", "jitter": "10ms", "loss": "5%", "rate": "1mbit"}``;
@@ -279,12 +338,14 @@ def impair(lab: str | Path, link: str, from_node: str | None = None, settings: M
                         hint="e.g. labctl impair LAB LINK --delay 50ms --loss 5%")
     engine = engine or default_engine()
     imp = None if clear else parse_impairment(given, from_node)
-    _, plan = _running_plan(lab, params, engine)
-    return set_link(engine, plan, link, from_node, imp)
+    with lab_lock(engine, lab_name(lab, params), wait=wait, progress=progress):
+        _, plan = _running_plan(lab, params, engine)
+        return set_link(engine, plan, link, from_node, imp)
 
 
 def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, match: Mapping | None = None, *,
-         heal: bool = False, params: Mapping[str, str] | None = None, engine: Engine | None = None):
+         heal: bool = False, params: Mapping[str, str] | None = None, engine: Engine | None = None, wait: bool = True,
+         progress: Progress | None = None):
     """A transient forwarding loop between two routers for ``seconds`` (e.g. 2 or "2s"), optionally only
     for packets matching ``match`` ({"from": node, "to": node, "proto": "tcp", "dport": 80, "flags": "P"}).
 
@@ -294,17 +355,19 @@ def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, 
     from .units import parse_duration
 
     engine = engine or default_engine()
-    _, plan = _running_plan(lab, params, engine)
-    if heal:
-        loop_link(plan, r1, r2)
-        return heal_loop(engine, plan, [r1, r2])
-    if seconds is None:
-        raise UserError("how long should the loop last? give seconds (e.g. --for 2s)")
-    try:
-        duration = parse_duration(seconds)
-    except ValueError as exc:
-        raise UserError(f"loop duration: {exc}") from None
-    return start_loop(engine, plan, r1, r2, duration, match)
+    if not heal:
+        if seconds is None:
+            raise UserError("how long should the loop last? give seconds (e.g. --for 2s)")
+        try:
+            duration = parse_duration(seconds)
+        except ValueError as exc:
+            raise UserError(f"loop duration: {exc}") from None
+    with lab_lock(engine, lab_name(lab, params), wait=wait, progress=progress):
+        _, plan = _running_plan(lab, params, engine)
+        if heal:
+            loop_link(plan, r1, r2)
+            return heal_loop(engine, plan, [r1, r2])
+        return start_loop(engine, plan, r1, r2, duration, match)
 
 
 def exec_in(lab: str, node: str, argv: Sequence[str], *, engine: Engine | None = None,

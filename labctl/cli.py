@@ -143,6 +143,7 @@ def _complete_node_interface(ctx: typer.Context, incomplete: str) -> list[str]:
 
 LAB_ARG = typer.Argument(..., help="A built-in lab's name, a lab directory, or a lab file.", autocompletion=_complete_lab)
 PARAM_OPT = typer.Option([], "--param", "-p", help="KEY=VALUE rendered into the lab file (Jinja2). Repeatable.")
+NO_WAIT_OPT = typer.Option(False, "--no-wait", help="If another labctl is working on the lab, fail (exit 2) instead of waiting for it.")
 
 
 @contextmanager
@@ -161,13 +162,14 @@ def progress_shown(enabled: bool = True) -> Iterator:
 @app.command()
 def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
        offline: bool = typer.Option(False, help="Build the node image from the offline Debian bootstrap, never a registry."),
-       as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+       as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+       no_wait: bool = NO_WAIT_OPT) -> None:
     """Bring a lab up, or bring a running lab in line with its file. Running it twice changes nothing.
 
     Example: labctl up teardown
     """
     with progress_shown(not as_json) as progress:
-        result = api.up(lab, api.parse_params(param), offline=offline, progress=progress)
+        result = api.up(lab, api.parse_params(param), offline=offline, progress=progress, wait=not no_wait)
     if as_json:
         out.print_json(data={"lab": result.plan.lab, "image": result.image.tag, "created": result.report.created,
                              "removed": result.report.removed, "kept": result.report.kept, "seconds": round(result.seconds, 3),
@@ -185,7 +187,8 @@ def run(lab: str = LAB_ARG,
                                       autocompletion=_complete_scenario),
         param: List[str] = PARAM_OPT,
         results: Optional[str] = typer.Option(None, help="Where run directories go (default ./results or $LABCTL_RESULTS)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON.")) -> None:
+        as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+        no_wait: bool = NO_WAIT_OPT) -> None:
     """Run scenarios on a lab (bringing it up if needed); record everything in a run directory.
 
     Exit status: 0 when every expectation held, 1 when one failed, 3 when none failed but one
@@ -202,7 +205,8 @@ def run(lab: str = LAB_ARG,
     interrupted = None
     try:
         with progress_shown(not as_json) as progress:
-            outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress)
+            outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress,
+                               wait=not no_wait)
     except RunInterrupted as stop:
         interrupted, outcomes = stop, stop.results  # what was recorded is shown; nothing after it ran
     statuses = [exit_status(r.verdicts, r.status == "complete") for r in outcomes]
@@ -346,14 +350,15 @@ def sweep(lab: str = LAB_ARG,
 @app.command()
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
          all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
-         param: List[str] = PARAM_OPT) -> None:
+         param: List[str] = PARAM_OPT, no_wait: bool = NO_WAIT_OPT) -> None:
     """Remove a lab's containers and networks, and nothing else.
 
     Example: labctl down teardown
     """
     if (lab is None) == (not all_labs):
         raise UserError("give a lab, or --all (not both)")
-    removed = api.down(None if all_labs else lab, params=api.parse_params(param))
+    with progress_shown() as progress:
+        removed = api.down(None if all_labs else lab, params=api.parse_params(param), wait=not no_wait, progress=progress)
     out.print(f"removed {len(removed)} object(s)" + (": " + ", ".join(removed) if removed else ""))
 
 
@@ -376,6 +381,12 @@ def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that 
 
 def _print_status(states: list) -> None:
     for state in states:
+        if state.health == "busy":
+            out.print(f"lab {escape(state.lab)} is busy: {escape(state.busy or 'another labctl')} is working on it", highlight=False)
+        elif state.health == "stale":
+            out.print(f"[red]lab {escape(state.lab)} is stale[/red] (half made): " + escape("; ".join(state.problems)),
+                      highlight=False, soft_wrap=True)
+            out.print(f"  repair: labctl up LAB_FILE; remove: labctl down {escape(state.lab)}", highlight=False, soft_wrap=True)
         links = Table(title=f"lab {state.lab}: links", title_justify="left")
         for column in ("link", "subnet", "bridge gateway", "network", "impairments in force"):
             links.add_column(column)
@@ -432,14 +443,17 @@ def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (i
            limit: Optional[int] = typer.Option(None, help="Queue length in packets (for delay or rate)."),
            clear: bool = typer.Option(False, "--clear", help="Remove the impairment (in that direction, or every one)."),
            param: List[str] = PARAM_OPT,
-           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+           no_wait: bool = NO_WAIT_OPT) -> None:
     """Impair a link of a running lab now; the settings given replace what was in force in those directions.
 
     Example: labctl impair teardown right --from router --delay 50ms --loss 5%
     """
     settings = {"delay": delay, "jitter": jitter, "distribution": distribution, "loss": loss, "loss_correlation": loss_correlation,
                 "duplicate": duplicate, "reorder": reorder, "corrupt": corrupt, "rate": rate, "limit": limit}
-    directions = api.impair(lab, link, from_node, settings, clear, params=api.parse_params(param))
+    with progress_shown(not as_json) as progress:
+        directions = api.impair(lab, link, from_node, settings, clear, params=api.parse_params(param), wait=not no_wait,
+                                progress=progress)
     if as_json:
         out.print_json(data=[d.to_json() for d in directions])
         return
@@ -460,13 +474,15 @@ def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router.", aut
          payload: Optional[str] = typer.Option(None, help="Only packets carrying this text."),
          heal: bool = typer.Option(False, "--heal", help="Heal a loop of these routers now."),
          param: List[str] = PARAM_OPT,
-         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+         no_wait: bool = NO_WAIT_OPT) -> None:
     """Make two routers forward (matching) packets to each other for a while: a transient routing loop.
 
     Example: labctl loop teardown-loop r1 r2 --for 2s --proto tcp --dport 5010
     """
     match = {"from": from_, "to": to, "proto": proto, "sport": sport, "dport": dport, "flags": flags, "payload": payload}
-    result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param))
+    with progress_shown(not as_json) as progress:
+        result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param), wait=not no_wait, progress=progress)
     if heal:
         healed = [router for router, reply in result.items() if reply.get("healed")]
         out.print(f"healed the loop on {', '.join(healed)}" if healed else "no loop was in force")

@@ -567,6 +567,9 @@ def check_lab(loaded: LoadedLab) -> None:
     _check_overlaps(loaded)
     links = links_of(lab)
     for name, node in lab.nodes.items():
+        if node.role != "router" and str(node.sysctls.get("net.ipv4.ip_forward", "0")).strip() not in ("0", "False", "false"):
+            raise loaded.error(("nodes", name, "sysctls", "net.ipv4.ip_forward"), f"'{name}' is a host, and hosts do not forward packets",
+                               hint="give it role: router to let it forward")
         for k, route in enumerate(node.routes or []):
             _check_route(loaded, links, name, k, route.to, route.via)
     _check_reachability(loaded)
@@ -671,6 +674,10 @@ def _check_route(loaded: LoadedLab, links: Mapping[str, list[Link]], name: str, 
     except ValueError:
         raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop '{via}' is neither a node nor an IPv4 address", hint=f"nodes are: {_names(lab.nodes)}") from None
     on_link = [link.subnet for link in links[name] if link.subnet is not None]
+    if any(via_ip == gateway_address(subnet) for subnet in on_link):
+        # The bridge's end of a link is the host: a route there leads out of the lab (issue 11).
+        raise loaded.error(("nodes", name, "routes", k, "via"), f"next hop {via} is the bridge address of its link: the host, outside the lab",
+                           hint="route via a lab node (a role: router) instead")
     pooled = any(link.subnet is None for link in links[name])
     # With pool-allocated links the subnet is not known yet: use a node name for the next hop there.
     if not pooled and not any(via_ip in subnet for subnet in on_link):

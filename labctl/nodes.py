@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from .agent import protocol
-from .agent.protocol import (ActorCall, Hosts, Impair, Inspection, Loop, LoopReply, ProbeReply, Reply, Setup, SetupReply,
+from .agent.protocol import (ActorCall, HealthReply, Hosts, Impair, Inspection, Loop, LoopReply, ProbeReply, Reply, Setup, SetupReply,
                              SysctlReply, Sysctls)
 from .engine import Engine, ExecResult
 from .errors import EngineError, UserError
@@ -128,6 +128,11 @@ def refresh_hosts(engine: Engine, lab: str, nodes: Sequence[NodePlan]) -> None:
 
 def inspect(engine: Engine, lab: str, node: str) -> Inspection:
     return call(engine, lab, node, "inspect")
+
+
+def health(engine: Engine, lab: str, node: str) -> HealthReply:
+    """Whether the node's setup finished (in its current network namespace), and for which spec."""
+    return call(engine, lab, node, "health")
 
 
 def impair(engine: Engine, lab: str, node: str, request: Impair) -> protocol.ImpairReply:

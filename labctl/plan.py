@@ -75,12 +75,14 @@ class NodePlan:
     files: tuple[FileSource, ...] = ()
     startup: tuple[StartupPlan, ...] = ()
     packages: tuple[str, ...] = ()  # Debian packages beyond the node image: the node runs a lab image variant
+    blocked: tuple[IPv4Address, ...] = ()  # the bridge addresses of its links: the host, never routed to
 
-    def setup(self) -> protocol.Setup:
-        """What the in-node agent applies after start."""
+    def setup(self, image: str | None = None) -> protocol.Setup:
+        """What the in-node agent applies after start; with the node image, the spec hash it records when done."""
         return protocol.Setup(self.name, self.role, tuple(protocol.Interface(i.name, str(i.address)) for i in self.interfaces),
                               tuple(protocol.Route(r.to, str(r.via), r.dev) for r in self.routes), dict(self.sysctls),
-                              self.hosts_map())
+                              self.hosts_map(), tuple(str(a) for a in self.blocked),
+                              self.spec_hash(image) if image is not None else "")
 
     def hosts_map(self) -> dict[str, str]:
         return {name: str(address) for name, address in self.hosts}
@@ -92,7 +94,7 @@ class NodePlan:
         Name entries are left out: they are rewritten in running nodes, so adding
         a node to a lab does not recreate all the others.
         """
-        setup = {k: v for k, v in self.setup().to_json().items() if k != "hosts"}
+        setup = {k: v for k, v in self.setup().to_json().items() if k not in ("hosts", "spec")}
         blob = json.dumps({"setup": setup, "image": self.image or image, "agent": image}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -115,6 +117,7 @@ class LabPlan:
     links: tuple[LinkPlan, ...]
     nodes: tuple[NodePlan, ...]
     params: Mapping[str, str] = field(default_factory=dict)
+    instance: str = "default"  # one lab up several times at once: which copy (its identity: lab, source, instance)
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
@@ -154,8 +157,21 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
         LinkPlan(link.name, subnets[link.name], gateway_address(subnets[link.name]), tuple(link.endpoints))
         for link in lab.links
     )
+    _check_no_route_to_bridges(loaded, links)
     nodes = tuple(_plan_node(lab, name, subnets, addresses, _node_files(loaded, name)) for name in lab.nodes)
-    return LabPlan(lab.name, str(loaded.path or ""), links, nodes, dict(loaded.params))
+    # The source is part of the lab's identity on the engine: the same file from any directory.
+    return LabPlan(lab.name, str(loaded.path.resolve()) if loaded.path else "", links, nodes, dict(loaded.params))
+
+
+def _check_no_route_to_bridges(loaded: LoadedLab, links: tuple[LinkPlan, ...]) -> None:
+    """A route via a bridge address would lead out of the lab to the host (pool subnets are only known here)."""
+    bridges = {str(link.reserved): link.name for link in links}
+    for name, node in loaded.lab.nodes.items():
+        for k, route in enumerate(node.routes or []):
+            if route.via in bridges:
+                raise loaded.error(("nodes", name, "routes", k, "via"),
+                                   f"next hop {route.via} is the bridge address of link '{bridges[route.via]}': the host, outside the lab",
+                                   hint="route via a lab node (a role: router) instead")
 
 
 def _assign_subnets(loaded: LoadedLab, in_use: Mapping[IPv4Network, str],
@@ -230,6 +246,8 @@ def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresse
     hosts = tuple((other, _address_toward(lab, name, other, paths, addresses)) for other in lab.nodes if other != name)
     # Lab links carry IPv4 only; IPv6 would fill captures with router solicitations and MLD.
     sysctls: dict[str, object] = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+    # Hosts do not forward, whatever the engine's namespace inherited: only routers carry packets on.
+    sysctls["net.ipv4.ip_forward"] = "0"
     sysctls.update(node.sysctls)
     if node.role == "router":
         # Routers forward, and asymmetric paths must not be dropped by reverse-path filtering.
@@ -244,6 +262,7 @@ def _plan_node(lab: Lab, name: str, subnets: Mapping[str, IPv4Network], addresse
         routes=routes, hosts=hosts, sysctls=tuple((k, str(v)) for k, v in sorted(sysctls.items())),
         impairments=_node_impairments(lab, name), files=files,
         startup=tuple(StartupPlan(c.cmd, c.service, c.timeout) for c in node.startup), packages=lab.node_packages(name),
+        blocked=tuple(gateway_address(subnets[i.link]) for i in interfaces),
     )
 
 

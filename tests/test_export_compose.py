@@ -78,7 +78,7 @@ def test_a_node_starts_with_the_agents_own_setup_of_its_plan():
     assert (shell, flag, name) == ("sh", "-c", "client")
     assert script.startswith(" ".join(protocol.command_line("setup")) + ' "$$1"')  # $$: Compose's literal $
     assert script.endswith("exec sleep infinity")
-    assert json.loads(setup) == plan.node("client").setup().to_json()
+    assert json.loads(setup) == plan.node("client").setup(IMAGE).to_json()  # with the spec it records once done
 
 
 def test_the_host_firewall_service_runs_the_agents_rule_on_the_host_network_before_the_nodes():

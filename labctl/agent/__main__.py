@@ -24,6 +24,7 @@ HANDLERS = {
     "setup": ("netsetup", "apply"),
     "hosts": ("netsetup", "write_hosts"),
     "inspect": ("netsetup", "inspect"),
+    "health": ("netsetup", "health"),
     "sysctl": ("sysctl", "apply"),
     "probe": ("probe", "run_all"),
     # Link impairments on this node's egress (netem, or iptables + tbf + the shaper).

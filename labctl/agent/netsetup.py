@@ -8,10 +8,11 @@ replace the engine's routes with the lab's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
-from .protocol import REQUIRED_TOOLS, Hosts, HostsReply, Inspection, Setup, SetupReply
-from .system import run
+from .protocol import SETUP_MARKER, REQUIRED_TOOLS, HealthReply, Hosts, HostsReply, Inspection, Setup, SetupReply
+from .system import run, write_json
 
 
 def ip_json(*argv: str) -> list[dict]:
@@ -62,9 +63,40 @@ def apply(config: Setup) -> SetupReply:
     for route in config.routes:
         batch.append(f"route replace {route.to} via {route.via} dev {route.dev}")
         actions.append(f"route {route.to} via {route.via} dev {route.dev}")
+    # The bridge address of each link is the host's: after the lab's own routes, so none of them
+    # can lead there. A /32 wins over every shorter route, the connected one included; the kernel
+    # answers a node's packet to it with "prohibited" and sends nothing.
+    for address in config.blocked:
+        batch.append(f"route replace prohibit {address}/32")
+        actions.append(f"no route to the host at {address}")
     ip_batch(batch)
     write_hosts(Hosts(config.hosts))
+    # Last: a node counts as configured only once everything above is in place.
+    write_json(SETUP_MARKER, {"spec": config.spec, "netns": _netns()})
     return SetupReply(node=config.node, actions=tuple(actions))
+
+
+def _netns() -> str:
+    """This container's life: its network namespace and when its PID 1 started (a namespace's
+    number can be reused by the next one; a restarted container's PID 1 starts anew)."""
+    with open("/proc/1/stat") as fh:
+        started = fh.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime, counted after the name
+    return f"{os.readlink('/proc/self/ns/net')} pid1@{started}"
+
+
+def health() -> HealthReply:
+    """Whether setup finished here: its marker, written in this very network namespace."""
+    try:
+        with open(SETUP_MARKER) as fh:
+            marker = json.load(fh)
+    except FileNotFoundError:
+        return HealthReply(configured=False, detail="its setup never finished")
+    except (OSError, ValueError) as exc:
+        return HealthReply(configured=False, detail=f"its setup marker is unreadable ({exc})")
+    if not isinstance(marker, dict) or marker.get("netns") != _netns():
+        return HealthReply(configured=False, spec=str(marker.get("spec", "")) if isinstance(marker, dict) else "",
+                           detail="it was restarted since its setup (the engine's interfaces and routes are back)")
+    return HealthReply(configured=True, spec=str(marker.get("spec", "")))
 
 
 HOSTS_FILE = "/etc/hosts"
@@ -98,11 +130,13 @@ def inspect() -> Inspection:
             "mac": link.get("address"),
             "addresses": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"],
         })
+    shown = ip_json("route", "show")
     routes = [
         {"to": r.get("dst"), "via": r.get("gateway"), "dev": r.get("dev"), "scope": r.get("scope")}
-        for r in ip_json("route", "show")
+        for r in shown if r.get("type", "unicast") == "unicast"
     ]
+    blocked = [r.get("dst") for r in shown if r.get("type") == "prohibit"]
     from . import impair, loop
 
     return Inspection(interfaces=tuple(interfaces), routes=tuple(routes), impairments=tuple(impair.in_force()),
-                      loop=loop.status().state or None)
+                      loop=loop.status().state or None, blocked=tuple(blocked))

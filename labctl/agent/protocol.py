@@ -141,6 +141,15 @@ class Setup(Message):
     routes: tuple[Route, ...]
     sysctls: dict[str, str]
     hosts: dict[str, str]
+    # The bridge addresses on this node's links (the host's end): each gets a prohibit route, so
+    # no lab packet is routed to the host, whatever the lab's own routes say.
+    blocked: tuple[str, ...] = ()
+    spec: str = ""     # the node's spec hash, kept in SETUP_MARKER once setup has finished
+
+
+# Written by setup as its last act: the spec it applied and the network namespace it applied it
+# in (a restarted container has a new one, and the engine's interfaces back). ``health`` reads it.
+SETUP_MARKER = "/run/labctl-setup.json"
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,15 @@ class SetupReply(Reply):
     node: str = ""
     actions: tuple[str, ...] = ()
     missing: dict[str, str] = field(default_factory=dict)  # tools the image lacks -> their Debian package
+
+
+# health: whether setup finished in this node's network namespace, and for which spec.
+
+@dataclass(frozen=True)
+class HealthReply(Reply):
+    configured: bool = False
+    spec: str = ""
+    detail: str = ""   # why not configured
 
 
 # hosts: rewrite the lab's block of /etc/hosts.
@@ -170,6 +188,7 @@ class Inspection(Reply):
     routes: tuple[dict, ...] = ()       # {to, via, dev, scope}
     impairments: tuple[dict, ...] = ()  # a DirectionState per impaired interface
     loop: dict | None = None
+    blocked: tuple[str, ...] = ()       # destinations with a prohibit route (the bridge addresses)
 
 
 # impair: link impairments on this node's egress.
@@ -310,6 +329,7 @@ COMMANDS: dict[str, tuple[type | None, type]] = {
     "setup": (Setup, SetupReply),
     "hosts": (Hosts, HostsReply),
     "inspect": (None, Inspection),
+    "health": (None, HealthReply),
     "impair": (Impair, ImpairReply),
     "loop": (Loop, LoopReply),
     "sysctl": (Sysctls, SysctlReply),

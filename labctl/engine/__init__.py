@@ -8,6 +8,7 @@ told (setup, impairments, the actor) is the engine-neutral ``labctl.nodes``.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -56,6 +57,15 @@ class LinkState:
     network: str
     subnet: str
     gateway: str
+    spec: str = ""
+    source: str = ""
+
+
+def state_digest(nodes: Mapping[str, str], links: Mapping[str, str]) -> str:
+    """One hash of a lab's objects (node and link names with their spec hashes): what a complete
+    ``deploy`` records, and what the engine's objects must add up to for the lab to be whole."""
+    blob = "\n".join([*(f"node {n} {s}" for n, s in sorted(nodes.items())), *(f"link {l} {s}" for l, s in sorted(links.items()))])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class UnknownPackage(EngineError):
@@ -110,6 +120,11 @@ class Engine(ABC):
 
     name: str
 
+    @property
+    def ident(self) -> str:
+        """This engine among others on the machine: lab locks are per engine and lab."""
+        return self.name
+
     @abstractmethod
     def version(self) -> str: ...
 
@@ -136,7 +151,10 @@ class Engine(ABC):
     @abstractmethod
     def deploy(self, plan: LabPlan, image: str, progress: Progress | None = None,
                after: Callable[[DeployReport], None] | None = None) -> DeployReport:
-        """Make the engine hold exactly this plan's objects for the lab. All or nothing.
+        """Make the engine hold exactly this plan's objects for the lab, each node configured (its
+        agent says so). All or nothing: failed or interrupted (Ctrl-C), the lab is as it was, or
+        gone when a reconcile had already removed what it replaces. Another lab file's lab of the
+        same name is refused (a ``UserError``), with nothing changed.
 
         ``after(report)`` runs once the objects are in place (the nodes' files and startup);
         when it raises, what this call created is rolled back like any failed deploy."""
@@ -147,6 +165,11 @@ class Engine(ABC):
 
     @abstractmethod
     def labs(self) -> list[str]: ...
+
+    @abstractmethod
+    def recorded(self, lab: str) -> set[str]:
+        """The ``state_digest`` the lab's last complete ``deploy`` recorded (empty if none did; two
+        for a moment while a deploy replaces its record)."""
 
     @abstractmethod
     def nodes(self, lab: str) -> list[NodeState]: ...

@@ -22,11 +22,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from ..agent import protocol
 from ..agent.__main__ import answer
-from ..agent.protocol import (Hosts, HostsReply, Impair, ImpairReply, Inspection, Loop, LoopReply, ProbeReply, Setup,
+from ..agent.protocol import (HealthReply, Hosts, HostsReply, Impair, ImpairReply, Inspection, Loop, LoopReply, ProbeReply, Setup,
                               SetupReply, SysctlReply, Sysctls)
 from ..errors import EngineError, UserError
 from ..plan import LabPlan
-from . import DeployReport, Engine, ExecResult, ImageInfo, LinkState, NodeState, Progress, Stream, reconcile
+from . import DeployReport, Engine, ExecResult, ImageInfo, LinkState, NodeState, Progress, Stream, reconcile, state_digest
 from .reconcile import Held
 
 NODE_IMAGE = "labctl-node:memory"
@@ -72,6 +72,7 @@ class MemoryEngine(Engine):
         self.agent_version = agent_version
         self.lock = threading.RLock()
         self.labs_held: dict[str, tuple[dict[str, MemoryNode], dict[str, MemoryLink]]] = {}
+        self.records: dict[str, str] = {}  # lab -> the state digest its last complete deploy made
 
     # --- a lab's life ---------------------------------------------------------------------------
 
@@ -103,7 +104,8 @@ class MemoryEngine(Engine):
         nodes, links = self._lab(plan.lab)
         report = DeployReport()
         todo = reconcile.changes(plan, image, {n: Held(l.spec) for n, l in links.items()},
-                                 {n: Held(m.spec, m.status == "running", m.links) for n, m in nodes.items()})
+                                 {n: Held(m.spec, m.status == "running", m.links, configured=m.setup is not None
+                                          and m.setup.spec == m.spec) for n, m in nodes.items()})
         for name in todo.stale_nodes:
             report.removed.append(name)
             del nodes[name]
@@ -121,7 +123,7 @@ class MemoryEngine(Engine):
                 made.append(node.name)
                 if node.image:
                     agent.install_agent(self, plan.lab, node.name)
-                agent.setup(self, plan.lab, node.name, node.setup(), node.image or image)
+                agent.setup(self, plan.lab, node.name, node.setup(image), node.image or image)
                 report.created.append(node.name)
             report.fresh.update(n.name for n in todo.new_nodes)
             if after is not None:
@@ -138,7 +140,12 @@ class MemoryEngine(Engine):
         report.fresh.update(n.name for n in todo.new_nodes)
         if report.changed and todo.kept_nodes:
             agent.refresh_hosts(self, plan.lab, todo.kept_nodes)
+        self.records[plan.lab] = state_digest({n.name: n.spec_hash(image) for n in plan.nodes},
+                                              {l.name: l.spec_hash() for l in plan.links})
         return report
+
+    def recorded(self, lab: str) -> set[str]:
+        return {self.records[lab]} if lab in self.records else set()
 
     def destroy(self, lab: str | None) -> list[str]:
         with self.lock:
@@ -146,6 +153,7 @@ class MemoryEngine(Engine):
             names = []
             for name in labs:
                 nodes, links = self.labs_held.pop(name, ({}, {}))
+                self.records.pop(name, None)
                 names += list(nodes) + list(links)
             return names
 
@@ -159,7 +167,7 @@ class MemoryEngine(Engine):
 
     def links(self, lab: str) -> list[LinkState]:
         _, links = self.labs_held.get(lab, ({}, {}))
-        return [LinkState(lab, l.name, l.name, str(l.subnet), l.reserved) for l in sorted(links.values(), key=lambda l: l.name)]
+        return [LinkState(lab, l.name, l.name, str(l.subnet), l.reserved, l.spec) for l in sorted(links.values(), key=lambda l: l.name)]
 
     def node(self, lab: str, name: str) -> MemoryNode:
         nodes, _ = self.labs_held.get(lab, ({}, {}))
@@ -203,6 +211,8 @@ class MemoryEngine(Engine):
             "setup": lambda request: _setup(node, request, self.lacking.get(node.image, {})),
             "hosts": lambda request: _hosts(node, request),
             "inspect": lambda: _inspect(node),
+            "health": lambda: HealthReply(configured=node.setup is not None, spec=node.setup.spec if node.setup else "",
+                                          detail="" if node.setup else "its setup never finished"),
             "impair": lambda request: _impair(node, request),
             "loop": lambda request: _loop(node, request),
             "probe": lambda: ProbeReply(features={"netem": {"what": "tc qdisc netem", "ok": True, "detail": "", "fallback": ""}}),

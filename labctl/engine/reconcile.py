@@ -1,7 +1,7 @@
 """What an engine must change to hold exactly a plan: the same answer for every engine.
 
 An object is kept when its spec hash (recorded by the engine beside it) is the plan's, and
-(for a node) it runs and is attached to no link that is replaced; everything else goes and
+(for a node) it runs, says it is configured, and is attached to no link that is replaced; everything else goes and
 comes again. Engines only read what they hold and carry out the answer.
 """
 
@@ -20,6 +20,7 @@ class Held:
     spec: str
     running: bool = True
     links: frozenset[str] = frozenset()
+    configured: bool = True  # its agent says its setup finished (a killed `up` leaves nodes that did not)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def changes(plan: LabPlan, image: str, links: Mapping[str, Held], nodes: Mapping
                    if name not in wanted_links or held.spec != wanted_links[name].spec_hash()}
     stale_nodes = {name for name, held in nodes.items()
                    if name not in wanted_nodes or held.spec != wanted_nodes[name].spec_hash(image)
-                   or not held.running or held.links & stale_links}
+                   or not held.running or not held.configured or held.links & stale_links}
     return Changes(
         stale_links=tuple(name for name in links if name in stale_links),
         stale_nodes=tuple(name for name in nodes if name in stale_nodes),

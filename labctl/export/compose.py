@@ -105,7 +105,7 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
 
 def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
     own_image = node.image is not None
-    setup = json.dumps(node.setup().to_json(), sort_keys=True)
+    setup = json.dumps(node.setup(image).to_json(), sort_keys=True)
     return {
         "name": node.name,
         "service": node.name,
@@ -121,7 +121,7 @@ def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
         # The labels the engine gives its own nodes: the spec hash is what `up` and `run` compare.
         "labels": {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image),
                    LABEL_SOURCE: plan.source, LABEL_ROLE: node.role},
-        "setup": node.setup().to_json(),
+        "setup": node.setup(image).to_json(),
         "command": ["sh", "-c", STARTUP.format(setup=" ".join(protocol.command_line("setup"))), node.name, setup],
         "healthcheck": ["CMD", "test", "-e", READY_FILE],
     }

@@ -10,6 +10,7 @@ node image.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from ipaddress import IPv4Network
@@ -70,8 +71,15 @@ class DockerEngine(Engine):
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
         return self.inventory.subnets_in_use(exclude_lab)
 
+    @property
+    def ident(self) -> str:
+        return "docker-" + hashlib.sha256(engine_client.engine_host().encode()).hexdigest()[:8]
+
     def labs(self) -> list[str]:
         return self.inventory.labs()
+
+    def recorded(self, lab: str) -> set[str]:
+        return self.inventory.recorded(lab)
 
     def nodes(self, lab: str) -> list[NodeState]:
         return self.inventory.nodes(lab)

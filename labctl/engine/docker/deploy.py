@@ -9,7 +9,10 @@ before the deploy counts it as made.
 
 from __future__ import annotations
 
+import secrets
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Callable
 
@@ -17,14 +20,13 @@ import docker.errors
 import docker.types
 
 from ... import nodes as agent
-from ...errors import EngineError
+from ...errors import EngineError, UserError
 from ...plan import LabPlan, LinkPlan, NodePlan
-from .. import DeployReport, Progress, reconcile
+from .. import DeployReport, Progress, reconcile, state_digest
 from ..reconcile import Held
-from . import hostfw
 from .client import PARALLEL, reason
-from .labels import (LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, OWNER,
-                     bridge_name, container_name, network_name)
+from .labels import (LABEL_DEPLOY, LABEL_INSTANCE, LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE,
+                     LABEL_SPEC, LABEL_STATE, OWNER, bridge_name, container_name, network_name, record_name)
 
 if TYPE_CHECKING:
     from . import DockerEngine
@@ -36,65 +38,186 @@ Remember = Callable[[str, str], None]
 
 def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress,
            after: Callable[[DeployReport], None] | None = None) -> DeployReport:
+    _check_identity(engine, plan)
+    # The work runs in a thread of its own, and while it does, Ctrl-C only asks it to stop at its
+    # next step (and waits for its rollback): it never lands inside an engine call, leaving an
+    # object the engine made but this call never heard of. (Not a KeyboardInterrupt caught around
+    # Thread.join: Python 3.11 then takes the running thread for stopped and exits under it.)
+    cancel = threading.Event()
+    interrupted = threading.Event()
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["report"] = _deploy(engine, plan, image, progress, cancel, after)
+        except BaseException as exc:  # KeyboardInterrupt from a progress callback too
+            outcome["error"] = exc
+
+    def on_sigint(signum, frame) -> None:
+        if not interrupted.is_set():
+            progress("interrupted: undoing this up (Ctrl-C again changes nothing, wait for it)")
+        interrupted.set()
+        cancel.set()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        worker = threading.Thread(target=work, name="labctl-deploy")
+        worker.start()
+        worker.join()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["report"]
+
+
+def _check_identity(engine: "DockerEngine", plan: LabPlan) -> None:
+    """A lab is its name and its source (and instance): another file of the same name is another lab."""
+    others = sorted(s for s in engine.inventory.sources(plan.lab, plan.instance) if s != plan.source)
+    if others:
+        raise UserError(f"lab '{plan.lab}' is up from {others[0]}, not from {plan.source or 'this text'}: "
+                        "two lab files have the same name", hint=f"take it down first (labctl down {plan.lab}), or rename one of them")
+
+
+class _Cancelled(KeyboardInterrupt):
+    """The user pressed Ctrl-C: the deploy stops at its next step and rolls back."""
+
+
+def _deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress, cancel: threading.Event,
+            after: Callable[[DeployReport], None] | None) -> DeployReport:
     report = DeployReport()
     created: list[tuple[str, str]] = []  # (kind, id) made by this call, for rollback
+    token = secrets.token_hex(6)
     lock = threading.Lock()
 
     def remember(kind: str, ident: str) -> None:
         with lock:
             created.append((kind, ident))
 
+    def step(message: str) -> None:
+        if cancel.is_set():
+            raise _Cancelled
+        progress(message)
+
     try:
-        _reconcile(engine, plan, image, progress, report, remember)
+        _reconcile(engine, plan, image, step, report, remember, token, cancel)
         if after is not None:
             after(report)  # the nodes' files and startup: their failure undoes this deploy too
+        if cancel.is_set():
+            raise _Cancelled
+        _record(engine, plan, image, token, remember)
     except BaseException:
         # All or nothing: whatever this call made goes, whether the engine failed,
         # a node's setup failed or the user pressed Ctrl-C.
         progress("rolling back what this run created")
-        remove_objects(engine.api, created)
+        try:
+            remove_objects(engine.api, created + _made_by(engine, plan.lab, token))
+        except docker.errors.APIError:
+            if not report.removed:
+                raise
+        if report.removed:
+            # A reconcile that had removed what it replaces cannot bring it back: the lab goes
+            # whole rather than stay half (`up` makes it again from its file).
+            progress(f"removing the rest of lab {plan.lab}: this reconcile had already replaced part of it")
+            destroy(engine, plan.lab)
         raise
     return report
 
 
-def _held(engine: "DockerEngine", plan: LabPlan) -> tuple[dict, dict, dict, dict]:
-    """(networks, containers) by link and node name, and the same as ``reconcile.Held``."""
+def _made_by(engine: "DockerEngine", lab: str, token: str) -> list[tuple[str, str]]:
+    label = {"label": [f"{LABEL_LAB}={lab}", f"{LABEL_DEPLOY}={token}"]}
+    return ([("container", c.id) for c in engine.client.containers.list(all=True, filters=label, ignore_removed=True)]
+            + [("network", n.id) for n in engine.client.networks.list(filters=label)]
+            + [("volume", v.name) for v in engine.client.volumes.list(filters=label)])
+
+
+def _labels(plan: LabPlan, token: str, **more: str) -> dict[str, str]:
+    return {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_INSTANCE: plan.instance, LABEL_SOURCE: plan.source,
+            LABEL_DEPLOY: token, **more}
+
+
+def plan_digest(plan: LabPlan, image: str) -> str:
+    return state_digest({n.name: n.spec_hash(image) for n in plan.nodes}, {l.name: l.spec_hash() for l in plan.links})
+
+
+def _record(engine: "DockerEngine", plan: LabPlan, image: str, token: str, remember: Remember) -> None:
+    """The lab is whole: say so on the engine, with the digest of what it holds (see ``recorded``)."""
+    digest = plan_digest(plan, image)
+    old = engine.inventory.records(plan.lab)
+    if not any((v.attrs.get("Labels") or {}).get(LABEL_STATE) == digest for v in old):
+        volume = engine.client.volumes.create(record_name(plan.lab, digest), driver="local",
+                                              labels=_labels(plan, token, **{LABEL_STATE: digest}))
+        remember("volume", volume.name)
+    remove_objects(engine.api, [("volume", v.name) for v in old if (v.attrs.get("Labels") or {}).get(LABEL_STATE) != digest])
+
+
+def _health(engine: "DockerEngine", lab: str, node: str, spec: str) -> str | None:
+    """Why a running node with the right spec is not configured; None when its agent says it is."""
+    try:
+        reply = agent.health(engine, lab, node)
+    except UserError as exc:
+        return f"its agent does not answer ({exc.message[:120]})"
+    if not reply.configured:
+        return reply.detail or "not configured"
+    if reply.spec != spec:
+        return "it was configured for another spec"
+    return None
+
+
+def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict, dict, dict, dict]:
+    """(networks, containers) by link and node name, the same as ``reconcile.Held``, and why
+    each unconfigured node is (asked of its agent: present is not healthy)."""
     networks = {(n.attrs.get("Labels") or {}).get(LABEL_LINK): n for n in engine.inventory.networks(plan.lab)}
     containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.lab)}
     link_of = {net.name: name for name, net in networks.items()}
     links = {name: Held((net.attrs.get("Labels") or {}).get(LABEL_SPEC, "")) for name, net in networks.items()}
+    wanted = {node.name: node.spec_hash(image) for node in plan.nodes}
+    # Only nodes that would be kept are asked: the rest go anyway.
+    asked = [name for name, ctr in containers.items()
+             if ctr.status == "running" and name in wanted and ctr.labels.get(LABEL_SPEC) == wanted[name]]
+    problems: dict[str, str] = {}
+    if asked:
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(asked))) as pool:
+            found = pool.map(lambda name: _health(engine, plan.lab, name, wanted[name]), asked)
+            problems = {name: why for name, why in zip(asked, found) if why}
     nodes = {}
     for name, ctr in containers.items():
         attached = ((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()
         nodes[name] = Held(ctr.labels.get(LABEL_SPEC, ""), ctr.status == "running",
-                           frozenset(link_of[n] for n in attached if n in link_of))
-    return networks, containers, links, nodes
+                           frozenset(link_of[n] for n in attached if n in link_of), configured=name not in problems)
+    return networks, containers, links, nodes, problems
 
 
 def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress, report: DeployReport,
-               remember: Remember) -> None:
-    networks, containers, held_links, held_nodes = _held(engine, plan)
+               remember: Remember, token: str, cancel: threading.Event) -> None:
+    networks, containers, held_links, held_nodes, problems = _held(engine, plan, image)
     todo = reconcile.changes(plan, image, held_links, held_nodes)
     for name in todo.stale_nodes:
-        progress(f"removing node {name} (changed or not running)")
-        containers[name].remove(force=True)
+        why = problems.get(name) or ("not running" if not held_nodes[name].running else "changed")
+        progress(f"removing node {name} ({why})")
+        remove_objects(engine.api, [("container", containers[name].id)])
         report.removed.append(containers[name].name)
     for name in todo.stale_links:
         progress(f"removing link {name} (changed)")
-        networks[name].remove()
+        remove_objects(engine.api, [("network", networks[name].id)])
         report.removed.append(networks[name].name)
 
-    if todo.new_links:
+    if todo.new_links or todo.new_nodes:
         engine.allow_bridged_frames(image, progress)
     report.kept.extend(network_name(plan.lab, link.name) for link in todo.kept_links)
     for link in todo.new_links:
         progress(f"creating link {link.name} {link.subnet}")
-        _create_network(engine, plan, link, remember)
+        _create_network(engine, plan, link, remember, token)
         report.created.append(network_name(plan.lab, link.name))
 
     report.kept.extend(container_name(plan.lab, node.name) for node in todo.kept_nodes)
     if todo.new_nodes:
-        _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember)
+        _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember, token, cancel)
         report.created.extend(container_name(plan.lab, node.name) for node in todo.new_nodes)
         report.fresh.update(node.name for node in todo.new_nodes)
     if report.changed and todo.kept_nodes:
@@ -102,10 +225,10 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
         agent.refresh_hosts(engine, plan.lab, todo.kept_nodes)
 
 
-def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember) -> None:
+def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember, token: str) -> None:
     name = network_name(plan.lab, link.name)
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(link.subnet), gateway=str(link.reserved))])
-    labels = {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash()}
+    labels = _labels(plan, token, **{LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash()})
     try:
         # internal: Docker adds no route or NAT out of this network, so no lab packet leaves the host.
         net = engine.client.networks.create(name, driver="bridge", internal=True, ipam=ipam, labels=labels, check_duplicate=True,
@@ -116,9 +239,9 @@ def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remem
 
 
 def _create_nodes(engine: "DockerEngine", plan: LabPlan, todo: list[NodePlan], image: str, progress: Progress,
-                  remember: Remember) -> None:
+                  remember: Remember, token: str, cancel: threading.Event) -> None:
     pool = ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo)), thread_name_prefix="labctl-node")
-    futures = [pool.submit(_create_node, engine, plan, node, image, remember) for node in todo]
+    futures = [pool.submit(_create_node, engine, plan, node, image, remember, token, cancel) for node in todo]
     try:
         for node, future in zip(todo, futures):
             future.result()
@@ -132,11 +255,13 @@ def _create_nodes(engine: "DockerEngine", plan: LabPlan, todo: list[NodePlan], i
         pool.shutdown(wait=True)
 
 
-def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: str, remember: Remember) -> None:
+def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: str, remember: Remember, token: str,
+                 cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise _Cancelled
     api = engine.api
     first, *rest = node.interfaces
-    labels = {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image),
-              LABEL_SOURCE: plan.source, LABEL_ROLE: node.role}
+    labels = _labels(plan, token, **{LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image), LABEL_ROLE: node.role})
     first_network = network_name(plan.lab, first.link)
     host_config = api.create_host_config(cap_add=CAPABILITIES, init=True, network_mode=first_network, sysctls=dict(node.sysctls))
     networking = api.create_networking_config({first_network: api.create_endpoint_config(ipv4_address=str(first.address.ip))})
@@ -155,18 +280,33 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
         api.start(ident)
     except docker.errors.APIError as exc:
         raise EngineError(f"cannot start node {node.name}: {reason(exc)}") from None
-    agent.setup(engine, plan.lab, node.name, node.setup(), node.image or image)
+    if cancel.is_set():
+        raise _Cancelled
+    agent.setup(engine, plan.lab, node.name, node.setup(image), node.image or image)
+
+
+def _wait_gone(api, ident: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            api.inspect_container(ident)
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.1)
 
 
 def destroy(engine: "DockerEngine", lab: str | None) -> list[str]:
     containers = engine.inventory.containers(lab)
     networks = engine.inventory.networks(lab)
+    records = engine.inventory.records(lab)
     names = [c.name for c in containers] + [n.name for n in networks]
-    remove_objects(engine.api, [("container", c.id) for c in containers] + [("network", n.id) for n in networks])
+    remove_objects(engine.api, [("container", c.id) for c in containers] + [("network", n.id) for n in networks]
+                   + [("volume", v.name) for v in records])
     return names
 
 
 def remove_objects(api, objects: list[tuple[str, str]]) -> None:
+    objects = list(dict.fromkeys(objects))  # rollback may name an object twice (by id and by its deploy label)
     containers = [ident for kind, ident in objects if kind == "container"]
     networks = [ident for kind, ident in objects if kind == "network"]
 
@@ -175,6 +315,10 @@ def remove_objects(api, objects: list[tuple[str, str]]) -> None:
             api.remove_container(ident, force=True, v=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
+            _wait_gone(api, ident)  # another removal of it is under way: done when it is
 
     if containers:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(containers))) as pool:
@@ -182,5 +326,10 @@ def remove_objects(api, objects: list[tuple[str, str]]) -> None:
     for ident in networks:
         try:
             api.remove_network(ident)
+        except docker.errors.NotFound:
+            pass
+    for name in (ident for kind, ident in objects if kind == "volume"):
+        try:
+            api.remove_volume(name, force=True)
         except docker.errors.NotFound:
             pass

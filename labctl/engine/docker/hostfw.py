@@ -8,7 +8,8 @@ traffic always has such an address (the client talks to the server's
 subnet across the client's link), so without this rule no packet would
 cross a router. DOCKER-USER is the chain Docker keeps for the operator's
 own rules. The rule matches only frames being bridged (physdev), and only
-on labctl's bridges, so nothing routed through the host is let through.
+on labctl's bridges, so nothing routed through the host is let through; two
+more drop what a lab bridge sends the host itself, or the host would route on.
 
 One shell script does it, run by ``sh`` on the engine's own host when labctl
 runs there as root (milliseconds), or else in a short-lived helper container
@@ -27,14 +28,21 @@ from .labels import BRIDGE_PREFIX
 
 RULE = ["-m", "physdev", "--physdev-is-bridged", "-i", f"{BRIDGE_PREFIX}+", "-o", f"{BRIDGE_PREFIX}+",
         "-m", "comment", "--comment", "labctl: frames bridged within a lab link", "-j", "ACCEPT"]
+# Containment, on the host itself (a node's own routes are the node's to change, these are not):
+# whatever comes in from a lab bridge and is not bridged within it would be routed by the host,
+# out of the lab (FORWARD, right after RULE); and nothing from a lab bridge is for the host (INPUT).
+ROUTED_OUT = ["-i", f"{BRIDGE_PREFIX}+", "-m", "comment", "--comment", "labctl: nothing routed out of a lab", "-j", "DROP"]
+TO_HOST = ["-i", f"{BRIDGE_PREFIX}+", "-m", "comment", "--comment", "labctl: nothing from a lab to the host", "-j", "DROP"]
+TO_HOST_COMMENT = "labctl: nothing from a lab to the host"
 
 
 def script() -> str:
     """Prints one line per backend and chain: ``TOOL CHAIN: rule added`` or ``... rule present``."""
-    rule = " ".join(shlex.quote(word) for word in RULE)
+    rule, routed, to_host = (" ".join(shlex.quote(word) for word in r) for r in (RULE, ROUTED_OUT, TO_HOST))
     # Also at the top of FORWARD itself: when Docker creates a network it takes the jump to
     # DOCKER-USER out and puts it back on top, and frames crossing in between would meet
-    # the isolation rules alone.
+    # the isolation rules alone. The drop goes right after the accept (`iptables -S` prints
+    # the chain's policy or name first, so rule k is its line k+1).
     return ("set -e\n"
             "for tool in iptables-nft iptables-legacy; do\n"
             "  command -v $tool >/dev/null || continue\n"
@@ -42,7 +50,14 @@ def script() -> str:
             "  for chain in DOCKER-USER FORWARD; do\n"
             f"    if $tool -w -C $chain {rule} 2>/dev/null; then echo \"$tool $chain: rule present\"\n"
             f"    else $tool -w -I $chain 1 {rule}; echo \"$tool $chain: rule added\"; fi\n"
+            f"    if $tool -w -C $chain {routed} 2>/dev/null; then echo \"$tool $chain: drop present\"\n"
+            "    else\n"
+            "      at=$($tool -w -S $chain | grep -n -F -- 'labctl: frames bridged within a lab link' | head -n 1 | cut -d: -f1)\n"
+            f"      $tool -w -I $chain \"$at\" {routed}; echo \"$tool $chain: drop added\"\n"
+            "    fi\n"
             "  done\n"
+            f"  if $tool -w -C INPUT {to_host} 2>/dev/null; then echo \"$tool INPUT: drop present\"\n"
+            f"  else $tool -w -I INPUT 1 {to_host}; echo \"$tool INPUT: drop added\"; fi\n"
             "done\n")
 
 
@@ -57,5 +72,7 @@ def run_here() -> list[str] | None:
 
 
 def report(actions: list[str], progress: Callable[[str], None]) -> None:
-    if any("added" in a for a in actions):
+    if any("rule added" in a for a in actions):
         progress("allowed bridged frames on lab bridges in the host's DOCKER-USER chain")
+    if any("drop added" in a for a in actions):
+        progress("dropped whatever lab bridges send to the host itself (INPUT) or out of the lab (FORWARD)")

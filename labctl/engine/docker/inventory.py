@@ -9,7 +9,7 @@ import docker
 
 from ...errors import EngineError, UserError
 from .. import LinkState, NodeState
-from .labels import LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_SOURCE, LABEL_SPEC, of_lab
+from .labels import LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_INSTANCE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, of_lab
 
 
 class Inventory:
@@ -21,6 +21,21 @@ class Inventory:
 
     def containers(self, lab: str | None) -> list:
         return self.client.containers.list(all=True, filters={"label": of_lab(lab)}, sparse=False, ignore_removed=True)
+
+    def records(self, lab: str | None) -> list:
+        """The lab's records (volumes holding no data, only labels): one per complete deploy, the last kept."""
+        return self.client.volumes.list(filters={"label": of_lab(lab)})
+
+    def recorded(self, lab: str) -> set[str]:
+        return {(v.attrs.get("Labels") or {}).get(LABEL_STATE, "") for v in self.records(lab)}
+
+    def sources(self, lab: str, instance: str) -> set[str]:
+        """The lab files this lab instance's objects say they came from. Objects made before labs had
+        an identity (no instance label) say nothing: a reconcile replaces them anyway."""
+        labels = [c.labels or {} for c in self.containers(lab)]
+        labels += [n.attrs.get("Labels") or {} for n in self.networks(lab)]
+        labels += [v.attrs.get("Labels") or {} for v in self.records(lab)]
+        return {l.get(LABEL_SOURCE, "") for l in labels if l.get(LABEL_INSTANCE) == instance}
 
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
         used: dict[IPv4Network, str] = {}
@@ -37,6 +52,7 @@ class Inventory:
     def labs(self) -> list[str]:
         names = {c.labels.get(LABEL_LAB) for c in self.containers(None)}
         names |= {(n.attrs.get("Labels") or {}).get(LABEL_LAB) for n in self.networks(None)}
+        names |= {(v.attrs.get("Labels") or {}).get(LABEL_LAB) for v in self.records(None)}
         return sorted(n for n in names if n and not n.startswith("__"))
 
     def nodes(self, lab: str) -> list[NodeState]:
@@ -49,8 +65,9 @@ class Inventory:
         result = []
         for net in self.networks(lab):
             config = ((net.attrs.get("IPAM") or {}).get("Config") or [{}])[0]
-            result.append(LinkState(lab, (net.attrs.get("Labels") or {}).get(LABEL_LINK, "?"), net.name,
-                                    config.get("Subnet", ""), config.get("Gateway", "")))
+            labels = net.attrs.get("Labels") or {}
+            result.append(LinkState(lab, labels.get(LABEL_LINK, "?"), net.name, config.get("Subnet", ""), config.get("Gateway", ""),
+                                    labels.get(LABEL_SPEC, ""), labels.get(LABEL_SOURCE, "")))
         return sorted(result, key=lambda l: l.link)
 
     def container_id(self, lab: str, node: str, running: bool = True) -> str:

@@ -18,6 +18,9 @@ LABEL_LINK = "org.labctl.link"
 LABEL_SPEC = "org.labctl.spec"
 LABEL_SOURCE = "org.labctl.source"
 LABEL_ROLE = "org.labctl.role"
+LABEL_INSTANCE = "org.labctl.instance"  # with lab and source: a lab's identity on the engine
+LABEL_DEPLOY = "org.labctl.deploy"      # the deploy that made an object: rollback finds them all by it
+LABEL_STATE = "org.labctl.state"        # on a lab's record: the state_digest of its last complete deploy
 # Short-lived helpers are labelled as labs of their own, which `labctl status` never lists.
 HELPER_LABS = {"host-firewall": "__host__", "sysctl": "__helper__", "probe": "__probe__"}
 # Linux caps interface names at 15 bytes; the prefix lets one host rule cover every lab bridge.
@@ -30,6 +33,10 @@ def container_name(lab: str, node: str) -> str:
 
 def network_name(lab: str, link: str) -> str:
     return f"labctl-{lab}-{link}"
+
+
+def record_name(lab: str, digest: str) -> str:
+    return f"labctl-{lab}-record-{digest}"
 
 
 def bridge_name(network: str) -> str:
