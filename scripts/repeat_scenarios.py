@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Run every scenario of a lab N times and print the pass count per scenario.
+"""Run every scenario of a lab N times; print pass/fail/undecided counts and the spread of key timings.
 
     python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR]
 
 Each run is a full `labctl run` (observers, captures, verdicts). A scenario
-with a matrix counts each matrix point as its own line. Prints figures only:
+with a matrix counts each matrix point as its own line. Timings come from the
+run directories alone (labctl.sweep.metrics): the FIN retransmission delay and
+the scenario's duration, as median [min..max] over the runs that have them.
+Prints figures only:
 the exit status is 0 when every run of every scenario passed, 1 otherwise.
 """
 
@@ -22,6 +25,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from labctl import api
+from labctl.sweep.metrics import FAIL, PASS, measure, read_verdicts, run_outcome
+
+TIMINGS = ("fin_retransmission_delay", "duration")
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2]
+    return f"{median * 1000:.0f} ms [{ordered[0] * 1000:.0f}..{ordered[-1] * 1000:.0f}]"
 
 
 def main() -> int:
@@ -31,27 +45,34 @@ def main() -> int:
     parser.add_argument("--scenario", "-s", action="append", default=[])
     parser.add_argument("--results", type=Path, default=None, help="keep run directories here (default: a temporary folder)")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: never cut scenario names
     root = args.results or Path(tempfile.mkdtemp(prefix="labctl-repeat-"))
-    passed: dict[str, int] = defaultdict(int)
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    timings: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     failures: dict[str, list[str]] = defaultdict(list)
     for round_number in range(1, args.times + 1):
         started = time.monotonic()
         outcomes = api.run(args.lab, args.scenario, root=root)
-        for outcome in outcomes:
-            passed[outcome.scenario] += outcome.passed
-            if not outcome.passed:
-                failures[outcome.scenario].append(str(outcome.path))
+        for result in outcomes:
+            verdict = run_outcome(read_verdicts(result.path)) if result.status == "complete" else FAIL
+            counts[result.scenario][verdict] += 1
+            for name, value in measure(result.path, list(TIMINGS)).items():
+                if value is not None:
+                    timings[result.scenario][name].append(value)
+            if verdict != PASS:
+                failures[result.scenario].append(f"{verdict}: {result.path}")
         console.print(f"round {round_number}/{args.times}: {sum(o.passed for o in outcomes)}/{len(outcomes)} passed "
                       f"in {time.monotonic() - started:.1f} s")
-    table = Table(title=f"{args.lab}: passes out of {args.times} runs each (run directories in {root})")
-    table.add_column("scenario")
-    table.add_column("passed", justify="right")
-    for scenario in sorted(passed):
-        table.add_row(escape(scenario), f"{passed[scenario]}/{args.times}")
+    table = Table(title=f"{args.lab}: {args.times} runs of each scenario (run directories in {root})")
+    for column in ("scenario", "passed", "failed", "undecided", "FIN retransmission delay", "duration"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for scenario in sorted(counts):
+        row = counts[scenario]
+        table.add_row(escape(scenario), f"{row[PASS]}/{args.times}", str(row[FAIL]), str(row["undecided"]),
+                      *(spread(timings[scenario][name]) for name in TIMINGS))
     console.print(table)
     for scenario, paths in failures.items():
-        console.print(f"[red]{escape(scenario)}[/red] failed in: " + ", ".join(paths))
+        console.print(f"[red]{escape(scenario)}[/red]: " + ", ".join(paths))
     return 0 if not failures else 1
 
 
