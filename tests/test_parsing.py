@@ -14,21 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labctl.errors import LabFileError
+from tests.conftest import THREE_NODES
 from labctl.loader import load_lab_text, load_scenario_file, rendered_data
 from labctl.model import Lab
 from labctl.template import parameter_value
 from labctl.topology import forwarding_paths, neighbours, unreachable_pair
 
-THREE = """
-name: t
-nodes:
-  client: {}
-  router: {role: router}
-  server: {}
-links:
-  - {name: left, endpoints: [client, router]}
-  - {name: right, endpoints: [router, server]}
-"""
+THREE = "name: t\n" + textwrap.dedent(THREE_NODES)  # the suite's three-node lab (tests/conftest.py)
 
 
 def lab(text: str, **params):

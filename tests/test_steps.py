@@ -11,19 +11,11 @@ import pytest
 from labctl.agent import protocol
 from labctl.analyze.timeline import step_call
 from labctl.errors import LabFileError
+from tests.conftest import THREE_NODES
 from labctl.loader import load_lab_text, load_scenario_file
 from labctl.plan import plan_lab
 
-LAB = textwrap.dedent("""
-    name: t
-    nodes:
-      client: {}
-      router: {role: router}
-      server: {}
-    links:
-      - {name: left, endpoints: [client, router]}
-      - {name: right, endpoints: [router, server]}
-    """).lstrip()
+LAB = "name: t\n" + textwrap.dedent(THREE_NODES).lstrip()  # the suite's three-node lab (tests/conftest.py)
 
 # Steps that make the names the other steps use: a listener, a connection, a hold rule.
 MADE = """\
