@@ -5,8 +5,10 @@
 
 Each run is a full `labctl run` (observers, captures, verdicts). A scenario
 with a matrix counts each matrix point as its own line. Timings come from the
-run directories alone (labctl.sweep.metrics): the FIN retransmission delay and
-the scenario's duration, as median [min..max] over the runs that have them.
+run directories alone (labctl.sweep.metrics): the FIN retransmission delay, how
+long a lingering close() blocked (step linger_close), the kernel's TIME_WAIT
+timer when first sampled, and the scenario's duration, as median [min..max]
+over the runs that have them.
 Prints figures only:
 the exit status is 0 when every run of every scenario passed, 1 otherwise.
 """
@@ -27,7 +29,11 @@ from rich.table import Table
 from labctl import api
 from labctl.sweep.metrics import FAIL, PASS, measure, read_verdicts, run_outcome
 
-TIMINGS = ("fin_retransmission_delay", "duration")
+# (metric, column): the teardown lab's key timings; a scenario without one shows "-".
+TIMINGS = (("fin_retransmission_delay", "FIN retransmission delay"),
+           ("step:linger_close", "linger close"),
+           ("time_wait_timer", "TIME_WAIT timer"),
+           ("duration", "duration"))
 
 
 def spread(values: list[float]) -> str:
@@ -35,6 +41,8 @@ def spread(values: list[float]) -> str:
         return "-"
     ordered = sorted(values)
     median = ordered[len(ordered) // 2]
+    if ordered[-1] >= 10:  # timers: seconds read better than tens of thousands of ms
+        return f"{median:.2f} s [{ordered[0]:.2f}..{ordered[-1]:.2f}]"
     return f"{median * 1000:.0f} ms [{ordered[0] * 1000:.0f}..{ordered[-1] * 1000:.0f}]"
 
 
@@ -56,7 +64,7 @@ def main() -> int:
         for result in outcomes:
             verdict = run_outcome(read_verdicts(result.path)) if result.status == "complete" else FAIL
             counts[result.scenario][verdict] += 1
-            for name, value in measure(result.path, list(TIMINGS)).items():
+            for name, value in measure(result.path, [name for name, _ in TIMINGS]).items():
                 if value is not None:
                     timings[result.scenario][name].append(value)
             if verdict != PASS:
@@ -64,12 +72,12 @@ def main() -> int:
         console.print(f"round {round_number}/{args.times}: {sum(o.passed for o in outcomes)}/{len(outcomes)} passed "
                       f"in {time.monotonic() - started:.1f} s")
     table = Table(title=f"{args.lab}: {args.times} runs of each scenario (run directories in {root})")
-    for column in ("scenario", "passed", "failed", "undecided", "FIN retransmission delay", "duration"):
+    for column in ("scenario", "passed", "failed", "undecided", *(title for _, title in TIMINGS)):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for scenario in sorted(counts):
         row = counts[scenario]
         table.add_row(escape(scenario), f"{row[PASS]}/{args.times}", str(row[FAIL]), str(row["undecided"]),
-                      *(spread(timings[scenario][name]) for name in TIMINGS))
+                      *(spread(timings[scenario][name]) for name, _ in TIMINGS))
     console.print(table)
     for scenario, paths in failures.items():
         console.print(f"[red]{escape(scenario)}[/red]: " + ", ".join(paths))

@@ -113,6 +113,14 @@ def _time_wait(timeline) -> float | None:
     return max(held, default=None)
 
 
+def _time_wait_timer(timeline) -> float | None:
+    """Seconds the kernel's TIME_WAIT timer showed when the socket was first seen in TIME_WAIT
+    (the largest in the run; ss reports it rounded to jiffies)."""
+    timers = [t.timer_ms / 1000 for socket in timeline.sockets for t in socket.transitions
+              if t.state == "TIME_WAIT" and t.timer_ms is not None]
+    return max(timers, default=None)
+
+
 def _transfer_time(timeline) -> float | None:
     """Seconds from the first data byte leaving its sender to the ACK of the last one reaching it back,
     for the connection direction that carried the most data (flow completion time)."""
@@ -152,6 +160,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "from a FIN's first transmission to its first retransmission (None: no FIN was retransmitted)", _fin_retransmission_delay),
     Metric("time_wait", "s", "time in TIME_WAIT",
            "how long a socket held TIME_WAIT (None: it still did when the run ended)", _time_wait),
+    Metric("time_wait_timer", "s", "TIME_WAIT timer",
+           "the kernel's TIME_WAIT timer when the socket was first sampled in TIME_WAIT (None: never sampled there)", _time_wait_timer),
     Metric("transfer_time", "s", "transfer completion time",
            "from the first data byte sent to the ACK of the last one back at the sender", _transfer_time),
     Metric("duration", "s", "scenario duration", "from the first step's start to the last step's end", _duration),
