@@ -441,6 +441,29 @@ def build_image(lab: str | Path | None = None, params: Mapping[str, str] | None 
     return LabImages(info, {node.name: node.image or info.tag for node in plan.nodes})
 
 
+def images(*, engine: Engine | None = None) -> list:
+    """The images labctl made on the engine (``ImageEntry``: tag, kind, size, packages, current, used_by)."""
+    return (engine or default_engine()).images()
+
+
+def prune_images(tags: Sequence[str] = (), *, everything: bool = False, engine: Engine | None = None) -> list[str]:
+    """Remove labctl's images that no container runs: old node images, lab variants nobody uses
+    (only ``tags``, when given). The node image of this code and its base stay unless ``everything``;
+    an image in use always stays. Returns the tags removed."""
+    engine = engine or default_engine()
+    entries = engine.images()
+    if unknown := sorted(set(tags) - {e.tag for e in entries}):
+        raise UserError(f"not an image labctl made: {', '.join(unknown)}", hint="labctl image list shows them")
+    removed = []
+    # Lab variants and node images first: a base goes only once nothing built on it is left.
+    for entry in sorted(entries, key=lambda e: e.kind == "base"):
+        if (tags and entry.tag not in tags) or entry.used_by or (entry.current and not everything):
+            continue
+        engine.remove_image(entry.tag)
+        removed.append(entry.tag)
+    return removed
+
+
 @dataclass(frozen=True)
 class LabImages:
     node_image: object

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -635,6 +636,46 @@ def image_build(lab: Optional[str] = typer.Argument(None, help="A lab: also buil
     if lab:
         for node, tag in result.variants.items():
             out.print(f"  node {node}: {tag}", highlight=False)
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json", help="Print the images as JSON.")) -> None:
+    """The images labctl made: node images, offline bases, lab variants (with their packages), and who runs them.
+
+    Example: labctl image list
+    """
+    entries = api.images()
+    if as_json:
+        out.print_json(data=[dataclasses.asdict(e) for e in entries])
+        return
+    if not entries:
+        out.print("no labctl images (the first `labctl up` or `labctl image build` makes the node image)")
+        return
+    table = RichTable(box=None)
+    for column in ("image", "kind", "size", "created", "packages", "used by"):
+        table.add_column(column)
+    for e in entries:
+        kind = e.kind + (" (current)" if e.current else "")
+        users = ", ".join(e.used_by[:4]) + (f" and {len(e.used_by) - 4} more" if len(e.used_by) > 4 else "")
+        table.add_row(e.tag, kind, f"{e.size / 1e6:.0f} MB", e.created.replace("T", " "), " ".join(e.packages) or "-", users or "-")
+    out.print(table)
+
+
+@image_app.command("prune")
+def image_prune(tags: List[str] = typer.Argument(None, help="Only these images (default: every unused one)."),
+                everything: bool = typer.Option(False, "--all", help="Also the current node image and its base (rebuilt on the next up)."),
+                as_json: bool = typer.Option(False, "--json", help="Print the removed tags as JSON.")) -> None:
+    """Remove labctl's images no container runs: node images of older labctl code, unused lab variants.
+
+    Example: labctl image prune (or: labctl image prune --all, after labctl down --all)
+    """
+    removed = api.prune_images(tags or (), everything=everything)
+    if as_json:
+        out.print_json(data={"removed": removed})
+        return
+    for tag in removed:
+        out.print(f"removed {tag}", highlight=False)
+    out.print(f"{len(removed)} image(s) removed" + ("" if everything else "; the current node image and its base stay (--all removes them)"))
 
 
 @export_app.command("compose")

@@ -40,6 +40,19 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ImageEntry:
+    """One image labctl made on an engine: what it is, and which lab nodes run it now."""
+
+    tag: str
+    kind: str  # "node" (the node image), "base" (its Debian base), "lab" (a lab variant with packages)
+    size: int  # bytes
+    created: str
+    packages: tuple[str, ...] = ()
+    current: bool = False  # the node image of this code, or the base it was built on
+    used_by: tuple[str, ...] = ()  # "lab/node" of every container that runs it
+
+
+@dataclass(frozen=True)
 class NodeState:
     lab: str
     node: str
@@ -143,6 +156,14 @@ class Engine(ABC):
         """The image ``base`` plus Debian ``packages`` (a lab image variant); its tag. Built once per package list."""
         raise EngineError(f"the {self.name} engine cannot add Debian packages to a node image",
                           hint="leave `packages:` out, or give the node an image of your own (image:)")
+
+    def images(self) -> list[ImageEntry]:
+        """The images labctl made on this engine (node image, bases, lab variants)."""
+        return []
+
+    def remove_image(self, tag: str) -> None:
+        """Remove one image labctl made; an image a container still runs is refused by the engine."""
+        raise EngineError(f"the {self.name} engine keeps no images to remove")
 
     @abstractmethod
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:

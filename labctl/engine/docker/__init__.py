@@ -21,14 +21,14 @@ import docker.errors
 
 from ...errors import EngineError
 from ...plan import LabPlan
-from .. import DeployReport, Engine, ExecResult, LinkState, NodeState, Progress
+from .. import DeployReport, Engine, ExecResult, ImageEntry, LinkState, NodeState, Progress
 from ..tracefs import Tracefs
 from . import client as engine_client
 from . import deploy as deployment
 from . import execs, hostfw, netns, tty
 from . import image as node_image
 from .inventory import Inventory
-from .labels import helper
+from .labels import HELPER_LABS, LABEL_LAB, LABEL_NODE, LABEL_OWNER, OWNER, helper
 
 __all__ = ["DockerEngine"]
 
@@ -65,6 +65,19 @@ class DockerEngine(Engine):
 
     def image_wanted(self) -> str:
         return node_image.expected_tag()
+
+    def images(self) -> list[ImageEntry]:
+        users: dict[str, list[str]] = {}
+        # One list call, no inspect per container: containers come and go while we look.
+        for ctr in self.api.containers(all=True, filters={"label": f"{LABEL_OWNER}={OWNER}"}):
+            labels = ctr.get("Labels") or {}
+            if labels.get(LABEL_LAB) in HELPER_LABS.values():
+                continue
+            users.setdefault(ctr.get("ImageID", ""), []).append(f"{labels.get(LABEL_LAB, '?')}/{labels.get(LABEL_NODE, '?')}")
+        return node_image.list_images(self.client, users)
+
+    def remove_image(self, tag: str) -> None:
+        node_image.remove_image(self.client, tag)
 
     # --- the lab's objects --------------------------------------------------------------------
 

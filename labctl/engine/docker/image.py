@@ -23,7 +23,7 @@ import docker
 import docker.errors
 
 from ...errors import EngineError
-from .. import ImageInfo, UnknownPackage
+from .. import ImageEntry, ImageInfo, UnknownPackage
 from ...nodes import ROOT, agent_files, tar_of
 
 DOCKER_DIR = ROOT / "docker"
@@ -273,3 +273,50 @@ def ensure_variant(client: docker.DockerClient, base: str, packages: list[str], 
         except docker.errors.APIError as exc:
             raise EngineError(f"building the lab image failed: {_short(exc)}") from None
     return tag
+
+
+# --- what labctl made, and cleaning it up -------------------------------------------------------
+
+def _kind(tag: str) -> str | None:
+    repo = tag.split(":", 1)[0]
+    return {NODE_REPO: "node", BASE_REPO: "base", VARIANT_REPO: "lab"}.get(repo)
+
+
+def list_images(client: docker.DockerClient, users: dict[str, list[str]]) -> list[ImageEntry]:
+    """labctl's images by tag (node images, offline bases, lab variants). ``users``: image id -> the
+    "lab/node" of each container that runs it. "current" marks the node image this code wants and
+    the base it was built on: pruning keeps them unless told otherwise."""
+    current = expected_tag()
+    current_base = None
+    entries: list[ImageEntry] = []
+    try:
+        images = client.images.list()
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot list images: {_short(exc)}") from None
+    for image in images:
+        labels = image.labels or {}
+        for tag in image.tags:
+            if tag == current:
+                current_base = labels.get("org.labctl.base")
+    for image in images:
+        labels = image.labels or {}
+        for tag in sorted(image.tags):
+            kind = _kind(tag)
+            if kind is None:
+                continue
+            packages = tuple(labels.get("org.labctl.packages", "").split()) if kind == "lab" else ()
+            entries.append(ImageEntry(tag, kind, int(image.attrs.get("Size") or 0), str(image.attrs.get("Created", ""))[:19],
+                                      packages, tag in (current, current_base), tuple(sorted(users.get(image.id, ())))))
+    order = {"node": 0, "lab": 1, "base": 2}
+    return sorted(entries, key=lambda e: (order[e.kind], not e.current, e.tag))
+
+
+def remove_image(client: docker.DockerClient, tag: str) -> None:
+    if _kind(tag) is None:
+        raise EngineError(f"{tag} is not an image labctl made; labctl removes only its own")
+    try:
+        client.images.remove(tag, noprune=False)
+    except docker.errors.ImageNotFound:
+        return
+    except docker.errors.APIError as exc:
+        raise EngineError(f"cannot remove {tag}: {_short(exc)}") from None
