@@ -34,7 +34,7 @@ from .errors import UserError
 from .impairments import Direction, LoopResult
 from .loader import LoadedLab, load_scenarios, scenario_files
 from .model import Link, Node
-from .rundir import latest_run, read_json
+from .rundir import Damage, latest_run, load_json, read_run
 
 __all__ = ["Lab", "RunningLab", "Run"]
 
@@ -289,12 +289,22 @@ class Run:
 
     @cached_property
     def info(self) -> dict[str, Any]:
-        """run.json as written: lab, scenario, params, observers, nodes, links, steps, expectations."""
-        return read_json(self.path / "run.json")
+        """run.json as written: lab, scenario, params, observers, nodes, links, steps, expectations
+        (a field that is damaged is left out: ``damage`` says which)."""
+        return read_run(self.path, self._damage)
+
+    @cached_property
+    def _damage(self) -> list:
+        return []
+
+    @property
+    def damage(self) -> list:
+        """What is wrong with the run directory's files (``rundir.Damage``: file, problem), as far as read."""
+        return list(dict.fromkeys(self._damage + (self._view.damage if "_view" in self.__dict__ else [])))
 
     @property
     def lab(self) -> str:
-        return str(self.info["lab"])
+        return str(self.info.get("lab") or "?")
 
     @property
     def scenario(self) -> str:
@@ -323,9 +333,12 @@ class Run:
         As recorded in verdicts.json; judged now from the directory when it has none."""
         if self._verdicts is None:
             recorded = self.path / "verdicts.json"
-            if recorded.is_file():
-                data = read_json(recorded)
-                self._verdicts = [Verdict.from_json(v, i) for i, v in enumerate(data.get("verdicts") or [])]
+            data = load_json(recorded, self._damage)
+            items = data.get("verdicts") if data is not None else None
+            if isinstance(items, list):
+                problems: list[str] = []
+                self._verdicts = [v for v in (Verdict.read(item, i, problems) for i, item in enumerate(items)) if v is not None]
+                self._damage.extend(Damage("verdicts.json", p) for p in problems)
             else:
                 from .analyze.verdicts import judge
 

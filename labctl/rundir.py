@@ -18,14 +18,17 @@ flushed), and a run directory is never reused: a new run gets a new id.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import threading
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .agent.system import write_json as atomic_json
+from .errors import UserError
 
 RUN_SCHEMA_VERSION = 1
 DEFAULT_ROOT = Path("results")
@@ -50,17 +53,274 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
+# --- reading a run directory that may be damaged ----------------------------------------
+# Analysis trusts what it is given, so everything read from a run directory is checked
+# here, at the edge: a file that is missing, cut short, not text, not JSON or of the wrong
+# shape becomes a ``Damage`` (the file and what was wrong with it) and the data that is
+# still good, never an exception. A report prints every ``Damage`` as a note.
+
+@dataclass(frozen=True)
+class Damage:
+    file: str  # relative to the run directory: run.json, pcaps/client-left.pcap
+    problem: str
+    partial: bool = False  # what came before the damage is still read (a file cut mid-way)
+
+    @property
+    def text(self) -> str:
+        return f"{self.file}: {self.problem}"
+
+
+class NewerSchema(UserError):
+    """A run directory file written by a newer labctl whose format this one does not know."""
+
+
+def _note(damage: list[Damage] | None, path: Path, problem: str, partial: bool = False) -> None:
+    if damage is None:
+        return
+    item = Damage(_relative(path), problem, partial)
+    if item not in damage:
+        damage.append(item)
+
+
+def _relative(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}" if path.parent.name in ("pcaps", "logs") else path.name
+
+
+def type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _json_error(exc: json.JSONDecodeError, text: str) -> str:
+    if not text.strip():
+        return "it is empty (only white space)"
+    body = text.strip()
+    if exc.pos >= len(text.rstrip()) or (body[:1] in "{[" and body[-1:] not in "}]"):
+        return f"it is cut short (the JSON ends early, at byte {len(text.encode())}): it was not written whole"
+    return f"it is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+
+
+def load_json(path: Path, damage: list[Damage] | None, *, shape: type = dict, missing: str | None = None) -> Any:
+    """A JSON file of the run directory, or None (with a ``Damage`` saying why) when it cannot be used.
+
+    ``missing``: what it means that the file is not there (None: its absence is not damage).
+    A file whose ``schema_version`` is newer than this labctl's is refused (``NewerSchema``, exit 2):
+    a version is bumped only by changes an older reader would misread."""
+    if not path.exists() and not path.is_symlink():
+        if missing:
+            _note(damage, path, f"it is missing: {missing}")
+        return None
+    if path.is_dir():
+        _note(damage, path, "it is a directory, not a file")
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        _note(damage, path, f"it cannot be read ({exc.strerror or exc})")
+        return None
+    if not raw:
+        _note(damage, path, "it is empty (0 bytes): it was never written, or its write was lost")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _note(damage, path, f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): binary data or garbage")
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _note(damage, path, _json_error(exc, text))
+        return None
+    except RecursionError:
+        _note(damage, path, "it is nested too deeply to be a run file")
+        return None
+    if not isinstance(data, shape):
+        if shape is dict and isinstance(data, list) and path.name == "verdicts.json":
+            return {"verdicts": data}  # the oldest verdicts.json: the list alone
+        _note(damage, path, f"it holds {type_name(data)}, not {type_name(shape())}: its content was not used")
+        return None
+    if isinstance(data, dict):
+        version = data.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > RUN_SCHEMA_VERSION:
+            raise NewerSchema(f"{path}: schema_version {version} is newer than this labctl reads ({RUN_SCHEMA_VERSION}): "
+                              "a newer labctl wrote this run", hint="report on it with that labctl version or a later one")
+        if "schema_version" not in data:
+            _note(damage, path, f"it has no schema_version: read as version {RUN_SCHEMA_VERSION}")
+        elif not (isinstance(version, int) and not isinstance(version, bool) and version >= 1):
+            _note(damage, path, f"its schema_version {version!r} is not a version number: read as version {RUN_SCHEMA_VERSION}")
+    return data
+
+
+_NUMBER = (int, float)
+_TEXT = (str,)
+_OPT_TEXT = (str, type(None))
+_OPT_NUMBER = (int, float, type(None))
+
+# What each JSONL file's records must hold for analysis to use them: (required, optional) field types.
+# A record that breaks them is skipped with a note; the lines around it are still read.
+RECORD_FIELDS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
+    "steps.jsonl": ({}, {"index": (int,), "kind": _TEXT, "node": _OPT_TEXT, "as": _OPT_TEXT, "name": _OPT_TEXT,
+                         "event": _OPT_TEXT, "t_start": _OPT_NUMBER, "t_end": _OPT_NUMBER, "ok": (bool, type(None)),
+                         "errno": _OPT_TEXT, "error": _OPT_TEXT, "note": _OPT_TEXT, "background": (bool, type(None)),
+                         "args": (dict, type(None))}),
+    "states.jsonl": ({"t": _NUMBER, "node": _TEXT, "local": _TEXT, "remote": _TEXT},
+                     {"source": _OPT_TEXT, "event": _OPT_TEXT, "state": _OPT_TEXT, "oldstate": _OPT_TEXT, "newstate": _OPT_TEXT,
+                      "expires_ms": _OPT_NUMBER, "timer": _OPT_TEXT, "timewait": (bool, type(None))}),
+    "events.jsonl": ({"t": _NUMBER}, {"node": _OPT_TEXT, "event": _OPT_TEXT, "local": _OPT_TEXT, "remote": _OPT_TEXT,
+                                     "state": _OPT_TEXT, "summary": _OPT_TEXT}),
+    "rules.jsonl": ({"t": _NUMBER}, {"node": _OPT_TEXT, "rule": _OPT_TEXT, "action": _OPT_TEXT, "keep": _OPT_TEXT,
+                                    "packet": (dict, type(None))}),
+}
+
+
+def _record_problem(name: str, record: Any) -> str | None:
+    """Why a decoded JSONL line cannot be one of ``name``'s records, or None."""
+    if not isinstance(record, dict):
+        return f"holds {type_name(record)}, not a record"
+    required, optional = RECORD_FIELDS.get(name, ({}, {}))
+    for key, types in required.items():
+        if key not in record:
+            return f"has no '{key}'"
+    for key, types in (*required.items(), *optional.items()):
+        value = record.get(key)
+        if key in record and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            return f"its '{key}' is {type_name(value)} ({_short(value)})"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"its '{key}' is not a finite number"
+    if name == "steps.jsonl" and "index" in record and (record["index"] < 0 or not isinstance(record.get("kind"), str)):
+        return "is a step without a valid index and kind"
+    if name == "states.jsonl":
+        if record.get("source") == "tracepoint" and not isinstance(record.get("newstate"), str):
+            return "is a state transition without its new state"
+        if record.get("source") != "tracepoint" and not isinstance(record.get("state"), str):
+            return "is a state sample without its state"
+    if name == "events.jsonl" and str(record.get("event") or "").startswith("tcp_") and not (
+            isinstance(record.get("local"), str) and isinstance(record.get("remote"), str)):
+        return "is a kernel event without its socket's ends"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_jsonl(path: Path, damage: list[Damage] | None = None) -> Iterator[dict]:
+    """The records of a JSONL file of the run directory, in order.
+
+    A line that is not a whole, valid record is skipped (with a ``Damage`` when ``damage`` is
+    given) and the lines after it are still read: one bad line never hides the good ones. A
+    last line without its newline is one whose write was cut (a crash, a full disk)."""
     if not path.exists():
         return
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    return  # a line cut by a crash ends the file; what came before stands
+    if path.is_dir():
+        _note(damage, path, "it is a directory, not a file")
+        return
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        _note(damage, path, f"it cannot be read ({exc.strerror or exc})")
+        return
+    skipped: list[str] = []
+    good = 0
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            torn = not raw.endswith(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                problem = _record_problem(path.name, record)
+            except UnicodeDecodeError:
+                problem = "is not UTF-8 text (binary data)"
+            except (json.JSONDecodeError, RecursionError):
+                problem = "is cut short: its write was interrupted" if torn else "is not valid JSON"
+            if problem is None:
+                good += 1
+                yield record
+            else:
+                skipped.append(f"line {number} {problem}")
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        _note(damage, path, f"{len(skipped)} line{'s' if len(skipped) > 1 else ''} skipped ({shown}); the other {good} read", True)
+
+
+# run.json: the fields analysis and reports use, and their types. A value of another type is
+# dropped (with a note) as if it had not been written; everything else in the file is kept.
+RUN_FIELDS: dict[str, tuple] = {
+    "schema_version": (int,), "labctl_version": _OPT_TEXT, "lab": _OPT_TEXT, "lab_source": _OPT_TEXT, "scenario": _OPT_TEXT,
+    "label": _OPT_TEXT, "description": _OPT_TEXT, "status": _OPT_TEXT, "reason": _OPT_TEXT, "started": _OPT_NUMBER,
+    "ended": _OPT_NUMBER, "engine": _OPT_TEXT, "image": _OPT_TEXT, "params": (dict,), "matrix_point": (dict,), "host": (dict,),
+    "observers": (dict,), "nodes": (dict,), "links": (dict,), "steps": (list,), "expect": (list,), "impairments": (list,),
+}
+RUN_STATUSES = ("running", "complete", "incomplete", "failed")
+
+
+def _impairment_ok(item: Any) -> bool:
+    if not isinstance(item, dict) or not isinstance(item.get("settings", {}), dict):
+        return False
+    if "t" in item and not (isinstance(item["t"], _NUMBER) and not isinstance(item["t"], bool)):
+        return False
+    return all(isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v) or v is None
+               for k, v in (item.get("settings") or {}).items() if isinstance(k, str) and k.endswith(("_ms", "_pct")))
+
+
+def read_run(run_dir: Path, damage: list[Damage] | None = None) -> dict:
+    """run.json, checked: what is usable of it ({} when nothing is)."""
+    path = run_dir / "run.json"
+    data = load_json(path, damage, missing="what ran (lab, scenario, nodes and their addresses, status) is not known")
+    if data is None:
+        return {}
+    run = dict(data)
+
+    def drop(key: str, why: str) -> None:
+        run.pop(key, None)
+        _note(damage, path, why)
+
+    for key, types in RUN_FIELDS.items():
+        value = run.get(key)
+        if key in run and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            drop(key, f"its '{key}' is {type_name(value)} ({_short(value)}), not what labctl writes there: left out")
+        elif isinstance(value, float) and not math.isfinite(value):
+            drop(key, f"its '{key}' is not a finite number: left out")
+    if run.get("status") is not None and run["status"] not in RUN_STATUSES:
+        drop("status", f"its status {run['status']!r} is not one labctl writes: left out")
+    nodes = {}
+    for name, info in (run.get("nodes") or {}).items():
+        interfaces = info.get("interfaces") if isinstance(info, dict) else None
+        if not isinstance(interfaces, dict) or not all(isinstance(a, str) for a in interfaces.values()):
+            _note(damage, path, f"node '{name}' has no readable interfaces: its interfaces are taken from its captures' names, their addresses from the packets")
+            interfaces = {k: "" for k in interfaces} if isinstance(interfaces, dict) else {}
+        role = info.get("role") if isinstance(info, dict) else None
+        nodes[str(name)] = {**(info if isinstance(info, dict) else {}), "role": role if isinstance(role, str) else "host",
+                            "interfaces": {str(k): v for k, v in interfaces.items()}}
+    run["nodes"] = nodes
+    links = {}
+    for name, info in (run.get("links") or {}).items():
+        ends = info.get("endpoints") if isinstance(info, dict) else None
+        if not isinstance(ends, list) or not all(isinstance(e, str) for e in ends):
+            _note(damage, path, f"link '{name}' has no readable endpoints: it is left out")
+            continue
+        links[str(name)] = info
+    run["links"] = links
+    observers = run.get("observers") or {}
+    if not isinstance(observers.get("nodes", {}), dict) or not all(isinstance(v, dict) for v in observers.get("nodes", {}).values()):
+        _note(damage, path, "its observers.nodes is not an object of nodes: which observer watched which node is not known")
+        observers = {k: v for k, v in observers.items() if k != "nodes"}
+    if "sample_interval" in observers and not (isinstance(observers["sample_interval"], _NUMBER)
+                                               and not isinstance(observers["sample_interval"], bool)
+                                               and math.isfinite(observers["sample_interval"]) and observers["sample_interval"] > 0):
+        _note(damage, path, "its observers.sample_interval is not a positive number: the default is used")
+        observers = {k: v for k, v in observers.items() if k != "sample_interval"}
+    if "observers" in run:
+        run["observers"] = observers
+    impairments = [i for i in run.get("impairments") or [] if _impairment_ok(i)]
+    if len(impairments) != len(run.get("impairments") or []):
+        _note(damage, path, f"{len(run['impairments']) - len(impairments)} of its impairments are not readable records: left out")
+        run["impairments"] = impairments
+    if isinstance(run.get("expect"), list) and not all(isinstance(e, dict) for e in run["expect"]):
+        drop("expect", "its 'expect' holds items that are not expectations: the run cannot be judged again")
+    return run
 
 
 class RunDir:

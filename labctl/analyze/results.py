@@ -124,25 +124,51 @@ class EventRef:
 Ref = Union[SegmentRef, SocketRef, StepRef, EventRef]
 
 
+def _number(value: Any) -> float:
+    """A number as verdicts.json stores one; ValueError for anything else (a string, a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"not text: {value!r}")
+    return value
+
+
 def ref_from_json(item: dict) -> Ref | None:
+    """A reference as verdicts.json holds it; ValueError (or TypeError) when it is not one labctl writes."""
     kind = item.get("kind")
     if kind == "segment":
-        return SegmentRef(int(item.get("transmission", -1)), str(item.get("at") or ""), float(item.get("t") or 0.0),
-                          str(item.get("summary") or ""))
+        transmission = item.get("transmission", -1)
+        if isinstance(transmission, bool) or not isinstance(transmission, int):
+            raise ValueError(f"not a transmission number: {transmission!r}")
+        return SegmentRef(transmission, _text(item.get("at")) or "", _number(item.get("t") or 0.0), _text(item.get("summary")) or "")
     if kind == "states":
         local, remote = item.get("local"), item.get("remote")
         if local is None and item.get("socket"):
             local, _, remote = str(item["socket"]).partition("->")
-        marks = tuple(StateMark(float(m.get("t") or 0.0), str(m.get("state") or "?"),
-                                tuple(m.get("sources") or str(m.get("source") or "").split("+")), m.get("timer_ms"))
-                      for m in item.get("transitions") or [])
-        return SocketRef(str(item.get("node") or "?"), str(local or "?"), str(remote or "?"), marks)
+        marks = []
+        for m in item.get("transitions") or []:
+            sources = m.get("sources") or str(m.get("source") or "").split("+")
+            if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+                raise ValueError(f"not a list of sources: {sources!r}")
+            timer = m.get("timer_ms")
+            marks.append(StateMark(_number(m.get("t") or 0.0), _text(m.get("state")) or "?", tuple(sources),
+                                   None if timer is None else int(_number(timer))))
+        return SocketRef(_text(item.get("node")) or "?", str(_text(local) or "?"), str(_text(remote) or "?"), tuple(marks))
     if kind == "step":
         index = item.get("index")
-        return StepRef(index if isinstance(index, int) else None, item.get("node"), item.get("step"), item.get("t"), item.get("ok"),
-                       item.get("errno"), item.get("result"), item.get("name"))
+        t, ok = item.get("t"), item.get("ok")
+        if ok is not None and not isinstance(ok, bool):
+            raise ValueError(f"not a boolean: {ok!r}")
+        return StepRef(index if isinstance(index, int) and not isinstance(index, bool) and index >= 0 else None,
+                       _text(item.get("node")), _text(item.get("step")), None if t is None else _number(t), ok,
+                       _text(item.get("errno")), item.get("result"), _text(item.get("name")))
     if kind == "event":
-        return EventRef(float(item.get("t") or 0.0), item.get("node"), str(item.get("event") or ""), str(item.get("summary") or ""))
+        return EventRef(_number(item.get("t") or 0.0), _text(item.get("node")), _text(item.get("event")) or "",
+                        _text(item.get("summary")) or "")
     return None
 
 
@@ -185,6 +211,41 @@ class Verdict:
                 "observed": self.observed, "details": self.details, "evidence": [e.to_json() for e in self.evidence]}
 
     @classmethod
+    def read(cls, data: Any, index: int, damage: list[str]) -> "Verdict | None":
+        """One item of verdicts.json, checked: None (and why, in ``damage``) when it is not a verdict;
+        a field of the wrong type is left out, an evidence item that is not one is dropped."""
+        if not isinstance(data, dict):
+            damage.append(f"verdict {index + 1} is {_kind_of(data)}, not a verdict: left out")
+            return None
+        data = dict(data)
+        for key, types in _VERDICT_FIELDS.items():
+            if key in data and data[key] is not None and (not isinstance(data[key], types) or
+                                                          (isinstance(data[key], bool) and bool not in types)):
+                damage.append(f"verdict {index + 1}'s '{key}' is {_kind_of(data[key])}: left out")
+                data.pop(key)
+        if data.get("outcome") is not None and data["outcome"] not in OUTCOMES:
+            damage.append(f"verdict {index + 1}'s outcome {data['outcome']!r} is not pass, fail or undecided"
+                          + ("" if isinstance(data.get("passed"), bool) else ": shown as undecided"))
+            data["outcome"] = None
+        if data.get("outcome") is None and not isinstance(data.get("passed"), bool):
+            if "outcome" not in data or data["outcome"] is not None:
+                damage.append(f"verdict {index + 1} has no outcome that can be read: shown as undecided")
+            data["outcome"] = UNDECIDED
+            data["reason"] = "its stored outcome could not be read"
+        evidence = []
+        for item in data.get("evidence") or []:
+            try:
+                ref = ref_from_json(item) if isinstance(item, dict) else None
+            except (TypeError, ValueError, AttributeError):
+                ref = None
+            if ref is None:
+                damage.append(f"verdict {index + 1} has evidence that is not a reference labctl writes: left out")
+            else:
+                evidence.append(ref.to_json())
+        data["evidence"] = evidence
+        return cls.from_json(data, index)
+
+    @classmethod
     def from_json(cls, data: dict, index: int = 0) -> "Verdict":
         outcome = data.get("outcome")
         if outcome not in OUTCOMES:
@@ -193,6 +254,16 @@ class Verdict:
         return cls(int(data.get("index", index)), str(data.get("kind") or "?"), str(data.get("description") or ""), outcome,
                    str(data.get("expected") or ""), str(data.get("observed") or ""), evidence, data.get("name"),
                    data.get("spec") or {}, data.get("reason"), data.get("details") or {})
+
+
+_VERDICT_FIELDS: dict[str, tuple] = {"index": (int,), "kind": (str,), "description": (str,), "outcome": (str,), "passed": (bool,),
+                                     "expected": (str,), "observed": (str,), "evidence": (list,), "name": (str,), "spec": (dict,),
+                                     "reason": (str,), "details": (dict,)}
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 def outcome_of(checks: list[bool | None]) -> str:

@@ -10,6 +10,7 @@ router shows as a transmission seen on one side and not the other.
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import dpkt
 
 from ..agent import tcp
 from ..agent.tcp import flag_string
+from ..rundir import Damage
 
 
 @dataclass
@@ -77,21 +79,79 @@ class Segment:
                 "out_of_window": self.out_of_window, "rst": self.rst or None}
 
 
-def read_capture(path: Path, node: str, iface: str) -> list[Segment]:
+def read_capture(path: Path, node: str, iface: str, damage: list[Damage] | None = None) -> list[Segment]:
+    """The TCP segments of one capture; what is damaged in it becomes a ``Damage``, what is whole is kept."""
     segments = []
-    with open(path, "rb") as fh:
-        try:
-            reader = dpkt.pcap.Reader(fh)
-        except ValueError:
-            return []  # empty or cut before the header: nothing was captured
-        try:
-            for ts, frame in reader:
-                segment = _decode(float(ts), frame, reader.datalink(), node, iface)
-                if segment is not None:
-                    segments.append(segment)
-        except dpkt.NeedData:
-            pass  # a capture cut mid-packet (node killed): keep what is whole
+    frames, datalink = read_pcap(path, damage)
+    for ts, frame in frames:
+        segment = _decode(ts, frame, datalink, node, iface)
+        if segment is not None:
+            segments.append(segment)
     return segments
+
+
+_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+           b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+_MAX_RECORD = 262144  # tcpdump's largest snapshot length
+
+
+def _whole(n: int) -> str:
+    return {0: "no whole packet is before it", 1: "the one whole packet before it is read"}.get(n, f"the {n} whole packets before it are read")
+
+
+def read_pcap(path: Path, damage: list[Damage] | None = None) -> tuple[list[tuple[float, bytes]], int]:
+    """(time, frame) of every whole record of a pcap file, and its link type.
+
+    Read by hand rather than by dpkt so that every way a capture can be damaged (cut in its
+    header or mid-record by a killed node or a full disk, garbage, a record claiming more bytes
+    than any capture holds) is told apart, named, and stops the reading only from there on."""
+    where = f"{path.parent.name}/{path.name}"
+
+    def note(problem: str, partial: bool = False) -> None:
+        if damage is not None:
+            damage.append(Damage(where, problem, partial))
+
+    if path.is_dir():
+        note("it is a directory, not a capture")
+        return [], 0
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        note(f"it cannot be read ({exc.strerror or exc})")
+        return [], 0
+    if not data:
+        note("it is empty (0 bytes): the capture never wrote its header")
+        return [], 0
+    if data[:4] == b"\x0a\x0d\x0d\x0a":
+        note("it is a pcapng file, not the pcap labctl's captures write: not read")
+        return [], 0
+    if data[:4] not in _MAGICS:
+        note("it is not a pcap file (its first bytes are not a pcap magic number): garbage or another format")
+        return [], 0
+    if len(data) < 24:
+        note(f"it is cut short in its file header ({len(data)} of 24 bytes): no packet is in it")
+        return [], 0
+    order, unit = _MAGICS[data[:4]]
+    snaplen, datalink = struct.unpack_from(order + "II", data, 16)
+    limit = max(snaplen, _MAX_RECORD)
+    frames: list[tuple[float, bytes]] = []
+    offset = 24
+    while offset < len(data):
+        number = len(frames) + 1
+        if len(data) - offset < 16:
+            note(f"it is cut short in the header of packet {number} (at byte {offset}): {_whole(len(frames))}", True)
+            break
+        seconds, fraction, caplen, wirelen = struct.unpack_from(order + "IIII", data, offset)
+        if caplen > limit or fraction * unit >= 1.0:
+            note(f"packet {number} (at byte {offset}) is damaged (its record header is garbage): "
+                 f"{_whole(len(frames))}, the last {len(data) - offset} bytes are not", True)
+            break
+        if len(data) - offset - 16 < caplen:
+            note(f"it is cut short in packet {number} (at byte {offset}): {_whole(len(frames))}", True)
+            break
+        frames.append((seconds + fraction * unit, data[offset + 16:offset + 16 + caplen]))
+        offset += 16 + caplen
+    return frames, datalink
 
 
 _ETHERNET, _SLL = dpkt.pcap.DLT_EN10MB, dpkt.pcap.DLT_LINUX_SLL
@@ -127,8 +187,8 @@ def _decode_dpkt(ts: float, frame: bytes, datalink: int, node: str, iface: str) 
             ip = dpkt.sll.SLL(frame).data
         else:
             ip = dpkt.ip.IP(frame)
-    except (dpkt.UnpackError, IndexError):
-        return None
+    except (dpkt.UnpackError, IndexError, struct.error, ValueError):
+        return None  # garbage in a frame: not a segment
     if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP):
         return None
     th = ip.data
@@ -223,14 +283,14 @@ def capture_path(run_dir: Path, node: str, iface: str) -> Path:
     return run_dir / "pcaps" / f"{node}-{iface}.pcap"
 
 
-def load_segments(run_dir: Path, nodes: dict) -> tuple[list[Segment], list[Connection]]:
+def load_segments(run_dir: Path, nodes: dict, damage: list[Damage] | None = None) -> tuple[list[Segment], list[Connection]]:
     """``nodes`` is run.json's: node -> {"interfaces": {iface: address}}."""
     segments: list[Segment] = []
     for node, info in nodes.items():
         for iface in info["interfaces"]:
             path = capture_path(run_dir, node, iface)
             if path.exists():
-                segments.extend(read_capture(path, node, iface))
+                segments.extend(read_capture(path, node, iface, damage))
     return analyze(segments)
 
 

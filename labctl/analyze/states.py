@@ -24,7 +24,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rundir import read_json, read_jsonl
+from ..rundir import read_jsonl, read_run
 from . import endpoint
 from .segments import Segment, capture_path
 
@@ -129,7 +129,7 @@ def load_timelines(run_dir: Path, segments: list[Segment] | None = None, nodes: 
     timelines = _kernel_timelines(records)
     if segments is None or nodes is None:
         return timelines
-    run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    run = read_run(run_dir)  # checked: a damaged run.json gives what is usable of it
     capturing = {node for node, info in nodes.items() for iface in info.get("interfaces", {})
                  if capture_path(run_dir, node, iface).exists()}
     machines = endpoint.replay(segments, nodes, capturing, endpoint.dropped_in_node(run_dir, segments))

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ..agent import tcp
 from ..expectations import EXPECTATION_KINDS, judges
-from ..rundir import read_json, read_jsonl
+from ..rundir import Damage, read_jsonl, read_run
 from ..scenario import Expectation
 from .results import FAIL, PASS, UNDECIDED, EventRef, SegmentRef, SocketRef, StateMark, StepRef, Verdict, outcome_of
 from . import endpoint
 from .segments import Segment, capture_path, load_segments
+from .damage import addresses_from_captures, nodes_from_files, survey, unusable as _unusable
 from .states import SAMPLE_INTERVAL, SocketTimeline, load_timelines
 
 EVIDENCE_LIMIT = 20
@@ -27,14 +30,20 @@ class RunView:
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
-        self.run = read_json(run_dir / "run.json")
-        self.nodes: dict = self.run["nodes"]
-        self.segments, self.connections = load_segments(run_dir, self.nodes)
+        # What is wrong with the directory's files, found while reading them: a report's notes.
+        self.damage: list[Damage] = []
+        self.run = read_run(run_dir, self.damage)
+        self.nodes: dict = nodes_from_files(run_dir, self.run.get("nodes") or {})
+        self.segments, self.connections = load_segments(run_dir, self.nodes, self.damage)
+        addresses_from_captures(self.nodes, self.segments)
         self.capturing = {node for node, info in self.nodes.items() for iface in info.get("interfaces", {})
-                          if capture_path(run_dir, node, iface).exists()}
+                          if capture_path(run_dir, node, iface).is_file()
+                          and not any(d.file == f"pcaps/{node}-{iface}.pcap" and _unusable(d) for d in self.damage)}
+        survey(run_dir, self.run, self.nodes, self.damage)
         self.timelines = load_timelines(run_dir, self.segments, self.nodes)
-        self.steps = [r for r in read_jsonl(run_dir / "steps.jsonl") if "index" in r]
-        done = {r.get("name"): r for r in read_jsonl(run_dir / "steps.jsonl") if r.get("event") == "done"}
+        records = list(read_jsonl(run_dir / "steps.jsonl", self.damage))
+        self.steps = [r for r in records if "index" in r]
+        done = {r.get("name"): r for r in records if r.get("event") == "done"}
         # A background step's outcome arrives later: its final record replaces the "started" one.
         for record in self.steps:
             if record.get("background") and record.get("as") in done:
@@ -128,9 +137,9 @@ def _capture_missing(view: RunView, spec: dict) -> str | None:
     """Why the captures a segments expectation reads were not there, or None."""
     if not view.capturing:
         return "no capture was made on any node"
-    at = spec.get("at")
+    at = spec.get("at") or (spec.get("from") if spec.get("from") in view.nodes else None)  # where segments_seen looks
     if at and at not in view.capturing:
-        return f"no capture on {at}"
+        return f"no capture on {at}" + ("" if spec.get("at") else " (the sender, where its segments are counted)")
     return None
 
 
@@ -500,7 +509,13 @@ def judge(run_dir: Path, view: RunView | None = None) -> list[Verdict]:
     covered: set[str] = set()
     for index, written in enumerate(view.run.get("expect", [])):
         # run.json keeps what the author wrote (55s, 5%); read it back into numbers.
-        parsed = Expectation.model_validate(written)
+        try:
+            parsed = Expectation.model_validate(written)
+        except ValidationError as exc:  # a damaged run.json, or one whose expectation this labctl no longer reads
+            reason = f"run.json's expectation {index + 1} cannot be read: {exc.errors()[0].get('msg', 'not an expectation')}"
+            verdicts.append(Verdict(index, "?", f"expectation {index + 1}", UNDECIDED, "?", f"not judged: {reason}", [],
+                                    reason=reason))
+            continue
         expectation = parsed.model_dump(mode="python", by_alias=True, exclude_none=True)
         kind = parsed.kind
         spec = expectation[kind]

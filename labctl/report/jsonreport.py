@@ -72,6 +72,7 @@ def report_json(report: Report) -> dict:
         "kernel_events": [{"t": _t(e["t"] - report.t0), "event": str(e.get("event")), "node": e.get("node"), "local": e.get("local"),
                            "remote": e.get("remote"), "state": e.get("state")} for e in report.kernel if e.get("t") is not None],
         "notes": report.notes,
+        "damage": [{"file": d.file, "problem": d.problem} for d in report.damage],
     }
 
 

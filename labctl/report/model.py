@@ -24,7 +24,7 @@ from ..analyze.timeline import marks as segment_marks
 from ..analyze.results import PASS, UNDECIDED, SegmentRef, SocketRef, StepRef, Verdict
 from ..analyze.verdicts import RunView
 from ..errors import UserError
-from ..rundir import read_json
+from ..rundir import Damage, load_json, type_name
 
 REPORT_SCHEMA_VERSION = 2
 
@@ -231,6 +231,7 @@ class Report:
     captures: list[str]
     notes: list[str]
     kernel: list[dict]
+    damage: list[Damage] = field(default_factory=list)  # what is wrong with the run directory's files (also in notes)
 
     @property
     def title(self) -> str:
@@ -242,8 +243,13 @@ class Report:
 
     @property
     def outcome(self) -> str:
-        """pass, fail (one failed, or the run did not complete), or undecided (none failed, one could not be told)."""
-        if self.run.get("status") != "complete" or any(v.outcome == "fail" for v in self.verdicts):
+        """pass, fail (one failed, or the run did not complete), or undecided (none failed, one could not be told;
+        or run.json is lost, so whether the run completed cannot be told)."""
+        if any(v.outcome == "fail" for v in self.verdicts):
+            return "fail"
+        if self.run.get("status") is None and self.damage:
+            return "undecided"
+        if self.run.get("status") != "complete":
             return "fail"
         return "undecided" if any(v.undecided for v in self.verdicts) else PASS
 
@@ -285,7 +291,7 @@ def resolve_run(ref: str | Path | None, root: Path | None = None) -> Path:
             raise UserError(f"no runs under {root}", hint="run a scenario first: `labctl run LAB`")
         return runs[-1]
     path = Path(ref)
-    if (path / "run.json").exists():
+    if (path / "run.json").exists() or looks_like_run(path):
         return path
     if path.is_dir() and any(path.glob("*/run.json")):  # a lab's results directory
         return sorted((p for p in path.iterdir() if (p / "run.json").exists()), key=lambda p: p.name)[-1]
@@ -303,8 +309,16 @@ def resolve_run(ref: str | Path | None, root: Path | None = None) -> Path:
     return found
 
 
+RUN_FILES = ("verdicts.json", "steps.jsonl", "states.jsonl", "events.jsonl", "rules.jsonl", "pcaps")
+
+
+def looks_like_run(path: Path) -> bool:
+    """A run directory that has lost its run.json still holds what the run wrote besides it."""
+    return path.is_dir() and not (path / "lab.yaml").exists() and any((path / name).exists() for name in RUN_FILES)
+
+
 def build(run_dir: Path) -> Report:
-    if not (run_dir / "run.json").exists():
+    if not (run_dir / "run.json").exists() and not looks_like_run(run_dir):
         raise UserError(f"{run_dir} is not a run directory (it has no run.json)")
     view = RunView(run_dir)
     timeline = timelines.build(view)
@@ -346,8 +360,10 @@ def build(run_dir: Path) -> Report:
             ref = by_number[event.ref.transmission].id if event.ref.transmission in by_number else None
         rows.append(TimelineRow(event.t - t0, event.kind, event.node, event.text, ref))
     verdicts = _verdicts(run_dir, view, timeline, sockets, steps)
+    damage = list(view.damage)
     report = Report(run_dir, timeline.run, t0, timeline.t_end - t0, lanes, segments, connections, sockets, steps, rules, verdicts,
-                    rows, [f"{n}/{i}" for n, i in timeline.captures], _notes(timeline), timeline.kernel)
+                    rows, [f"{n}/{i}" for n, i in timeline.captures], [d.text for d in damage] + _notes(timeline),
+                    timeline.kernel, damage)
     return report
 
 
@@ -430,16 +446,33 @@ def _lanes(timeline: Timeline) -> list[Lane]:
 
 
 def _verdicts(run_dir: Path, view: RunView, timeline: Timeline, sockets: list[SocketRow], steps: list[StepRow]) -> list[VerdictRow]:
-    """The verdicts the run recorded (its exit status came from them), or judged now from the directory."""
-    path = run_dir / "verdicts.json"
-    if path.exists():
-        recorded = read_json(path)
-        written = recorded.get("verdicts", []) if isinstance(recorded, dict) else recorded
-        verdicts = [Verdict.from_json(v, i) for i, v in enumerate(written)]
-    else:
-        from ..analyze.verdicts import judge
+    """The verdicts the run recorded (its exit status came from them), or judged now from the directory.
 
-        verdicts = judge(run_dir, view)
+    Recorded verdicts are checked against the directory as it is now: a verdict judged again
+    that comes out otherwise, or evidence the captures no longer show, becomes a note (in
+    ``view.damage``), so a report never contradicts what it shows without saying so."""
+    from ..analyze.verdicts import judge
+
+    damage = view.damage
+    path = run_dir / "verdicts.json"
+    stored = load_json(path, damage, missing="the run did not store its verdicts (it did not finish, or the file was lost): "
+                                             "the verdicts shown were judged now from the run directory")
+    verdicts: list[Verdict] | None = None
+    if stored is not None:
+        items = stored.get("verdicts")
+        if not isinstance(items, list):
+            damage.append(Damage("verdicts.json", f"its 'verdicts' is {type_name(items)}, not a list of verdicts"))
+        else:
+            problems: list[str] = []
+            verdicts = [v for v in (Verdict.read(item, i, problems) for i, item in enumerate(items)) if v is not None]
+            damage.extend(Damage("verdicts.json", p) for p in dict.fromkeys(problems))
+    now = judge(run_dir, view) if view.run.get("expect") is not None or verdicts is None else None
+    if verdicts is None:
+        verdicts = now or []
+        if path.exists() and view.run:
+            damage.append(Damage("verdicts.json", "its verdicts cannot be used: the verdicts shown were judged now from the run directory"))
+    else:
+        _contradictions(verdicts, now, timeline, damage)
     numbers = {tx.number for tx in timeline.transmissions}
     t0 = timeline.t0
     result = []
@@ -467,10 +500,33 @@ def _verdicts(run_dir: Path, view: RunView, timeline: Timeline, sockets: list[So
     return result
 
 
+def _contradictions(stored: list[Verdict], now: list[Verdict] | None, timeline: Timeline, damage: list[Damage]) -> None:
+    """Where the stored verdicts and the run directory as it is now disagree, in words."""
+    numbers = {tx.number for tx in timeline.transmissions}
+    for verdict in stored:
+        cited = [e.transmission for e in verdict.evidence if isinstance(e, SegmentRef)]
+        gone = [n for n in cited if n not in numbers]
+        if gone:
+            shown = ", ".join(f"#{n}" for n in gone[:8]) + (" ..." if len(gone) > 8 else "")
+            damage.append(Damage("verdicts.json", f"verdict {verdict.index + 1} ({verdict.description}) cites segment"
+                                                  f"{'s' if len(gone) > 1 else ''} {shown}, which the captures do not show now "
+                                                  f"(they hold {len(timeline.transmissions)} segments)"))
+    if now is None:
+        return
+    by_index = {v.index: v for v in now}
+    for verdict in stored:
+        again = by_index.get(verdict.index)
+        if again is not None and again.kind == verdict.kind and again.outcome != verdict.outcome:
+            damage.append(Damage("verdicts.json", f"verdict {verdict.index + 1} ({verdict.description}) was stored as "
+                                                  f"{verdict.outcome} ({verdict.observed}), but judged again from the run "
+                                                  f"directory as it is now it is {again.outcome} ({again.observed}): the files "
+                                                  "changed since the run, or this labctl judges otherwise; the stored verdict is shown"))
+
+
 def _notes(timeline: Timeline) -> list[str]:
     notes = []
     run = timeline.run
-    if run.get("status") != "complete":
+    if run.get("status") not in (None, "running", "complete"):  # a lost or unfinished run.json: the damage notes say so
         notes.append(f"the run is {run.get('status')}: {run.get('reason') or 'no reason recorded'}; what it collected is shown")
     observers = run.get("observers") or {}
     capturing = {n for n, _ in timeline.captures}
