@@ -14,7 +14,7 @@ import tempfile
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from .errors import UserError
+from .errors import EngineError, UserError
 
 # What a run needs at least to start writing its directory (captures grow from there).
 MIN_FREE_BYTES = 50 * 1024 * 1024
@@ -30,7 +30,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def check_docker_host() -> None:
-    """DOCKER_HOST, when set, must be an address the Docker client understands."""
+    """DOCKER_HOST, when set, must be an address the Docker client understands (an ``EngineError``, exit 2)."""
     value = os.environ.get("DOCKER_HOST")
     if not value:
         return
@@ -40,7 +40,7 @@ def check_docker_host() -> None:
     try:
         parse_host(value, False, False)
     except (DockerException, ValueError) as exc:
-        raise UserError(f"DOCKER_HOST={value!r} is not an engine address: {exc}",
+        raise EngineError(f"DOCKER_HOST={value!r} is not an engine address: {exc}",
                         hint="e.g. unix:///var/run/docker.sock, tcp://127.0.0.1:2375 or ssh://user@host; or unset it") from None
 
 

@@ -4,6 +4,7 @@ and nothing touched (these need no engine: each is refused before one is reached
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,31 @@ def test_the_results_check_sees_a_full_disk(tmp_path, monkeypatch):
 ])
 def test_a_bad_environment_variable_is_one_message(env, says):
     assert_clean(labctl("up", "labs/teardown", env={"DOCKER_HOST": "tcp://127.0.0.1:9", **env}), says)
+
+
+MALFORMED_DOCKER_HOSTS = [("tcp://:::bad", "Port could not be cast to integer"), ("tcp://127.0.0.1:99999", "Port out of range"),
+                          ("http://[::1", "Invalid IPv6 URL"), ("bogus://x", "Invalid bind address protocol")]
+
+
+@pytest.mark.parametrize("host, why", MALFORMED_DOCKER_HOSTS)
+def test_a_malformed_docker_host_is_an_engine_error_from_the_python_api(host, why, monkeypatch):
+    # docker-py raises a bare ValueError for these; an API user gets labctl's EngineError, as the CLI's user does.
+    from labctl import api
+    from labctl.engine.docker import DockerEngine
+    from labctl.errors import EngineError
+
+    monkeypatch.setenv("DOCKER_HOST", host)
+    with pytest.raises(EngineError, match=f"DOCKER_HOST='{re.escape(host)}' is not an engine address: {why}"):
+        DockerEngine.connect()
+    with pytest.raises(EngineError, match="is not an engine address"):
+        api.status("labs/teardown")
+
+
+@pytest.mark.parametrize("host, why", MALFORMED_DOCKER_HOSTS)
+def test_a_malformed_docker_host_is_one_message_from_the_cli(host, why):
+    for argv in (["status", "labs/teardown"], ["down", "labs/teardown"], ["doctor"]):
+        result = labctl(*argv, env={"DOCKER_HOST": host})
+        assert_clean(result, f"DOCKER_HOST='{host}' is not an engine address: {why}")
 
 
 def test_commands_that_need_no_engine_ignore_a_bad_docker_host():
