@@ -28,11 +28,11 @@ def test_every_scenario_names_its_packetdrill_source():
 
 @pytest.fixture(scope="module")
 def outcomes(engine, node_image, tmp_path_factory):
-    engine.destroy(LAB)
+    api.down(LAB, engine=engine)
     try:
         yield {o.scenario: o for o in api.run(LAB, engine=engine, root=tmp_path_factory.mktemp("results"))}
     finally:
-        engine.destroy(LAB)
+        api.down(LAB, engine=engine)
 
 
 @pytest.mark.engine

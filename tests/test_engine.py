@@ -27,10 +27,10 @@ def labctl(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def teardown_lab(engine, node_image):
-    engine.destroy("teardown")
+    api.down("teardown", engine=engine)
     api.up("teardown", engine=engine)
     yield "teardown"
-    engine.destroy("teardown")
+    api.down("teardown", engine=engine)
 
 
 def test_teardown_client_reaches_server_through_the_router(engine, teardown_lab):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labctl import api
 from labctl.agent import protocol
 from labctl.engine.docker import hostfw
 from labctl.engine.docker.labels import bridge_name, container_name, network_name
@@ -231,7 +232,7 @@ def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
 @pytest.mark.engine
 def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node_image, tmp_path):
     project = tmp_path / "teardown-compose"
-    engine.destroy("teardown")  # as the other teardown tests do: its subnets and names are fixed
+    api.down("teardown", engine=engine)  # locked, as the other teardown tests do: its subnets and names are fixed
     exported = run_cli("export", "compose", "teardown", "-o", str(project), "--json")
     assert exported.returncode == 0, exported.stderr
     assert json.loads(exported.stdout)["image"] == node_image

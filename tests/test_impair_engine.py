@@ -329,7 +329,7 @@ def ping_between(engine, lab: str) -> list[float]:
 
 
 def test_the_routing_loop_scenario_records_its_impairments_and_loop(engine, node_image, tmp_path, mechanism):
-    engine.destroy("teardown-loop")
+    api.down("teardown-loop", engine=engine)
     try:
         [result] = api.run("teardown-loop", ["routing-loop"], engine=engine, root=tmp_path)
         failed = [f"{v.description}: {v.observed}" for v in result.verdicts if not v.passed]
@@ -347,4 +347,4 @@ def test_the_routing_loop_scenario_records_its_impairments_and_loop(engine, node
         [state] = api.status("teardown-loop", engine=engine)
         assert all(not link["impairments"] for link in state.links) and state.loops == []
     finally:
-        engine.destroy("teardown-loop")
+        api.down("teardown-loop", engine=engine)

@@ -22,11 +22,11 @@ def test_the_lab_ships_every_scenario_of_the_course():
 
 @pytest.fixture(scope="module")
 def outcomes(engine, node_image, tmp_path_factory):
-    engine.destroy("teardown")
+    api.down("teardown", engine=engine)  # under the lab lock: never under another process's run
     try:
         yield {o.scenario: o for o in api.run("teardown", engine=engine, root=tmp_path_factory.mktemp("results"))}
     finally:
-        engine.destroy("teardown")
+        api.down("teardown", engine=engine)  # under the lab lock: never under another process's run
 
 
 @pytest.mark.parametrize("label", [
