@@ -9,7 +9,7 @@ Layout (``results/<lab>/<run-id>/``)::
     rules.jsonl     every packet rule action, with the packet it touched
     verdicts.json   each expectation with its verdict and evidence
     pcaps/          one capture per node and interface
-    logs/           agent logs per node
+    logs/           agent logs per node; <node>-queue.json: what its rule engine was given
 
 Files are written once (JSON atomically, JSONL appended line by line and
 flushed), and a run directory is never reused: a new run gets a new id.

@@ -76,6 +76,27 @@ def test_a_rule_drops_exactly_one_packet_in_ten_runs_of_ten(engine, runlab, tmp_
     assert dropped == [(1, 1)] * 10
 
 
+def test_a_rule_diverts_only_the_flow_it_names_to_userspace(engine, runlab, tmp_path):
+    [result] = api.run(runlab, ["named-flow"], engine=engine, root=tmp_path)
+    assert result.passed, [v for v in result.verdicts if not v.passed]
+    queue = json.loads((result.path / "logs" / "router-queue.json").read_text())
+    # The engine saw the named connection, both ways, and no packet of the other one.
+    ports = {tuple(int(end.rsplit(":", 1)[1]) for end in seen.split(">")) for seen in queue["seen"]}
+    assert ports and all(6002 in pair for pair in ports) and not any(6003 in pair for pair in ports), queue["seen"]
+    # Every packet of the named connection that entered the router was queued, once; nothing else was.
+    nodes = read_json(result.path / "run.json")["nodes"]
+    client, server = ([a.split("/")[0] for a in nodes[n]["interfaces"].values()] for n in ("client", "server"))
+    segments, _ = load_segments(result.path, nodes)
+    entering = [s for s in segments if s.node == "router" and 6002 in (s.sport, s.dport)
+                and (s.iface == "left") == (s.src in client)]
+    assert entering and queue["queued"] == len(entering)
+    counted = {chain: sum(j["packets"] for j in queue["jumps"] if j["chain"] == chain) for chain in ("PREROUTING", "OUTPUT")}
+    assert counted == {"PREROUTING": len(entering), "OUTPUT": 0}
+    assert {j["match"] for j in queue["jumps"]} == (
+        {f"-s {c}/32 -d {s}/32 -p tcp -m tcp --dport 6002" for c in client for s in server}
+        | {f"-s {s}/32 -d {c}/32 -p tcp -m tcp --sport 6002" for c in client for s in server})
+
+
 def test_a_held_segment_released_after_a_reconnect_arrives_after_the_new_handshake(engine, node_image, tmp_path):
     engine.destroy("teardown")
     try:

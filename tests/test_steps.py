@@ -335,3 +335,25 @@ def test_the_actor_refuses_a_call_outside_the_contract(tmp_path, capsys):
     missing, unknown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert not missing["ok"] and missing["error"] == "actor op listen: missing name"
     assert not unknown["ok"] and unknown["error"].startswith("unknown actor op 'format_disk'")
+
+
+def test_the_router_diverts_only_the_flows_its_rules_name(tmp_path):
+    from labctl.run import ScenarioRun
+
+    one, loaded = scenario(tmp_path, MADE + """\
+  - {node: router, rule: {action: drop, from: server, to: client, sport: 5000, flags: F, after: {from: client, dport: 5000, flags: F}}}
+  - {node: router, rule: {action: drop, from: client, to: server, dport: 5000, flags: F}}
+""")
+    plan = plan_lab(loaded, {})
+    run = ScenarioRun(NoHost(), loaded, plan, one, "img", tmp_path / "results")
+    client = [str(i.address.ip) for i in plan.node("client").interfaces]
+    server = [str(i.address.ip) for i in plan.node("server").interfaces]
+    router = run.observers.actor_config(plan.node("router"))
+    # One flow per match, each once: the second rule's match is the first rule's context with `to` named.
+    assert router["rules"] is True and router["rule_flows"] == [
+        {"src": client, "dst": None, "sport": None, "dport": None},      # MADE's hold rule: from client
+        {"src": server, "dst": client, "sport": 5000, "dport": None},
+        {"src": client, "dst": None, "sport": None, "dport": 5000},
+        {"src": client, "dst": server, "sport": None, "dport": 5000},
+    ]
+    assert "rules" not in run.observers.actor_config(plan.node("client"))

@@ -433,7 +433,8 @@ class Actor:
         if self.rules is None:
             from .rules import RuleEngine
 
-            self.rules = RuleEngine(self.dir / "rules.jsonl", self.node, self.config.get("rule_queue", 100))
+            self.rules = RuleEngine(self.dir / "rules.jsonl", self.node, self.config.get("rule_queue", 100),
+                                    self.config.get("rule_flows"), self.dir / "queue.json")
             self.rules.start()
         return self.rules
 

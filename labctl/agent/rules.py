@@ -5,14 +5,21 @@ packet, every run: rules match by direction, TCP flags, ports, relative
 sequence number, payload and context (``after`` another packet was seen),
 and act on the n-th match for ``count`` packets. No probabilities.
 
-Every TCP packet entering the node (mangle PREROUTING: forwarded or
-delivered) or leaving it from a local socket (mangle OUTPUT) goes through
-one NFQUEUE while rules exist. A held packet is either dropped and kept
+Only the flows the scenario's rules name go through userspace: each rule
+(and its ``after`` context) names a flow by addresses and ports, resolved on
+the host before the run (:func:`flows`), and the node jumps to the one
+NFQUEUE only for TCP packets of those flows, in both directions (the engine
+must see both SYNs of a connection to number its sequence space), entering
+the node (mangle PREROUTING: forwarded or delivered) or leaving it from a
+local socket (mangle OUTPUT). A rule that names no address and no port
+names every TCP packet. Every other packet stays in the kernel, untouched
+and undelayed, however busy the node's CPUs are. A held packet is either dropped and kept
 (``keep: packet``) or let through and copied (``keep: copy``); releasing
 sends the bytes again from a raw socket, optionally rewritten into the
 newest connection on the same 4-tuple (seq/ack shifted by the difference
 of the ISNs, timestamps option replaced by NOPs) with the TCP checksum
-recomputed. Everything done is written to rules.jsonl with the packet.
+recomputed. Everything done is written to rules.jsonl with the packet; what was queued
+(each jump's packet counter, the 4-tuples the engine saw) to queue.json.
 """
 
 from __future__ import annotations
@@ -29,10 +36,48 @@ from pathlib import Path
 
 from . import nfqueue as nfq
 from . import tcp
+from .system import write_json
 
 QUEUE_CHAIN = "LABCTL_RULES"
 # Copies and releases we send ourselves carry this mark, so they are not queued again.
 BYPASS_MARK = 0x4C52
+
+
+def flows(spec: dict) -> list[dict]:
+    """The flows a rule spec names (its own match and its ``after`` context's).
+
+    A flow is ``{"src": [addresses] | None, "dst": [...] | None, "sport": port | None,
+    "dport": port | None}``, None meaning any; ``from``/``to`` are the addresses they
+    stand for (resolved on the host), port 0 is any port.
+    """
+    named = []
+    for match in (spec, spec.get("after")):
+        if not match:
+            continue
+        flow = {"src": match.get("from") or None, "dst": match.get("to") or None,
+                "sport": match.get("sport") or None, "dport": match.get("dport") or None}
+        if flow not in named:
+            named.append(flow)
+    return named
+
+
+def jump_matches(flow: dict) -> list[tuple[str, ...]]:
+    """iptables match arguments for both directions of a flow: one tuple per address pair."""
+    def one_way(sources, targets, sport, dport) -> list[tuple[str, ...]]:
+        result = []
+        for src in sources or [None]:
+            for dst in targets or [None]:
+                args = ["-p", "tcp"]
+                args += ["-s", f"{src}/32"] if src else []
+                args += ["-d", f"{dst}/32"] if dst else []
+                args += ["--sport", str(sport)] if sport else []
+                args += ["--dport", str(dport)] if dport else []
+                result.append(tuple(args))
+        return result
+
+    both = one_way(flow.get("src"), flow.get("dst"), flow.get("sport"), flow.get("dport"))
+    both += one_way(flow.get("dst"), flow.get("src"), flow.get("dport"), flow.get("sport"))
+    return list(dict.fromkeys(both))
 
 
 def summary(p: tcp.Header, tracker: "Connections | None" = None) -> dict:
@@ -127,9 +172,11 @@ class Rule:
 
 
 class RuleEngine(threading.Thread):
-    def __init__(self, log_path: Path, node: str, queue: int):
+    def __init__(self, log_path: Path, node: str, queue: int, named_flows: list[dict] | None = None,
+                 queue_path: Path | None = None):
         super().__init__(daemon=True, name="rules")
         self.log = open(log_path, "a", buffering=1)
+        self.queue_path = queue_path
         self.node = node
         self.queue_number = queue
         self.rules: dict[str, Rule] = {}
@@ -138,6 +185,9 @@ class RuleEngine(threading.Thread):
         self.changed = threading.Condition(self.lock)
         self.stopping = threading.Event()
         self.delayed: list[tuple[float, int, int]] = []  # (due, seq, packet id)
+        self.jumps: list[tuple[str, ...]] = []  # the match of each jump installed, in both chains
+        self.queued = 0  # packets this engine was given
+        self.seen: set[tuple[str, int, str, int]] = set()
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, BYPASS_MARK)
         self.queue = nfq.NfQueue(queue, fail_open=True)
@@ -145,8 +195,40 @@ class RuleEngine(threading.Thread):
         self._iptables("-F", QUEUE_CHAIN)
         self._iptables("-A", QUEUE_CHAIN, "-m", "mark", "--mark", hex(BYPASS_MARK), "-j", "RETURN")
         self._iptables("-A", QUEUE_CHAIN, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+        for flow in named_flows or []:
+            self.divert(flow)
+
+    def divert(self, flow: dict) -> None:
+        """Send a flow's packets (both directions) to this engine, if they are not sent already."""
+        for match in jump_matches(flow):
+            if match in self.jumps or ("-p", "tcp") in self.jumps:
+                continue
+            for chain in ("PREROUTING", "OUTPUT"):
+                self._iptables("-I", chain, "1", *match, "-j", QUEUE_CHAIN)
+            self.jumps.append(match)
+
+    def jump_counters(self) -> list[dict]:
+        """Each installed jump with the packets it sent to the queue, per chain (iptables -S -v)."""
+        counted = []
         for chain in ("PREROUTING", "OUTPUT"):
-            self._iptables("-I", chain, "1", "-p", "tcp", "-j", QUEUE_CHAIN)
+            proc = subprocess.run(["iptables", "-w", "-t", "mangle", "-S", chain, "-v"], capture_output=True, text=True)
+            for line in proc.stdout.splitlines():
+                words = line.split()
+                if QUEUE_CHAIN not in words or "-c" not in words:
+                    continue
+                at = words.index("-c")
+                packets = int(words[at + 1])
+                del words[at:at + 3]
+                match = [w for w in words[2:] if w not in ("-j", QUEUE_CHAIN)]
+                counted.append({"chain": chain, "match": " ".join(match), "packets": packets})
+        return counted
+
+    def _write_queue_record(self, counted: list[dict]) -> None:
+        if self.queue_path is None:
+            return
+        record = {"node": self.node, "jumps": counted, "queued": self.queued,
+                  "seen": [f"{src}:{sport}>{dst}:{dport}" for src, sport, dst, dport in sorted(self.seen)]}
+        write_json(self.queue_path, record)
 
     @staticmethod
     def _iptables(*args: str, check: bool = True) -> None:
@@ -162,10 +244,13 @@ class RuleEngine(threading.Thread):
     def run(self) -> None:
         buffer = bytearray(nfq.NfQueue.RECV_SIZE)
         sequence = 0
-        while not self.stopping.is_set():
+        while True:
             with self.lock:
                 wait = max(0.0, self.delayed[0][0] - time.monotonic()) if self.delayed else 0.05
-            ready, _, _ = select.select([self.queue.fileno()], [], [], min(wait, 0.05))
+            stopping = self.stopping.is_set()  # the jumps are gone: what is queued now is the last
+            ready, _, _ = select.select([self.queue.fileno()], [], [], 0 if stopping else min(wait, 0.05))
+            if stopping and not ready:
+                return
             with self.lock:
                 now = time.monotonic()
                 while self.delayed and self.delayed[0][0] <= now:
@@ -179,10 +264,12 @@ class RuleEngine(threading.Thread):
                 self.changed.notify_all()
 
     def _decide(self, packet, sequence: int) -> None:
+        self.queued += 1
         p = tcp.parse(packet.payload)
         if p is None:  # not a whole IPv4/TCP packet: nothing a rule could name
             self.queue.verdict(packet.id, nfq.NF_ACCEPT)
             return
+        self.seen.add((p.src, p.sport, p.dst, p.dport))
         self.tracker.see(p)
         verdict, acted = nfq.NF_ACCEPT, False
         for rule in list(self.rules.values()):
@@ -224,6 +311,10 @@ class RuleEngine(threading.Thread):
     def add(self, name: str, spec: dict) -> dict:
         if spec.get("action") == "delay" and not spec.get("delay"):
             raise ValueError("a delay rule needs a delay")
+        # Normally diverted since the actor started (the run passes every rule's flows then);
+        # a flow added only now is numbered from the packets seen from now on.
+        for flow in flows(spec):
+            self.divert(flow)
         with self.lock:
             self.rules[name] = Rule(name, spec)
         return {"rule": name, "active": len(self.rules)}
@@ -280,14 +371,21 @@ class RuleEngine(threading.Thread):
                 self.changed.wait(left)
 
     def stop(self) -> None:
+        if self.stopping.is_set():  # the actor stops it on `stop` and again as it exits
+            return
+        # No packet is queued once the jumps are gone; the loop then decides what is still in
+        # the queue (closing it would make the kernel drop those) before it ends.
+        counted = self.jump_counters()
+        for match in self.jumps:
+            for chain in ("PREROUTING", "OUTPUT"):
+                self._iptables("-D", chain, *match, "-j", QUEUE_CHAIN, check=False)
         self.stopping.set()
         self.join(timeout=2)
         with self.lock:
             for _, _, packet_id in self.delayed:
                 self.queue.verdict(packet_id, nfq.NF_ACCEPT)
             self.delayed.clear()
-        for chain in ("PREROUTING", "OUTPUT"):
-            self._iptables("-D", chain, "-p", "tcp", "-j", QUEUE_CHAIN, check=False)
+        self._write_queue_record(counted)
         self._iptables("-F", QUEUE_CHAIN, check=False)
         self._iptables("-X", QUEUE_CHAIN, check=False)
         self.queue.close()

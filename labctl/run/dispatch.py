@@ -22,6 +22,16 @@ from .changes import LabChanges
 MARGIN = 15.0  # seconds beyond a step's own timeout before a node counts as unresponsive
 
 
+def addresses_of(plan: LabPlan, target: str | None) -> list[str] | None:
+    """Every address of a node (or the one address given); None for none given."""
+    if target is None:
+        return None
+    try:
+        return [str(IPv4Address(target))]
+    except ValueError:
+        return [str(i.address.ip) for i in plan.node(target).interfaces]
+
+
 class StepDispatch:
     def __init__(self, plan: LabPlan, rundir: RunDir, sessions: dict[str, ActorSession], changes: LabChanges,
                  lost: threading.Event, progress: Callable[[str], None]):
@@ -73,13 +83,7 @@ class StepDispatch:
             return here.hosts_map()[target] if target != node else str(here.interfaces[0].address.ip)
 
     def addresses_of(self, target: str | None) -> list[str] | None:
-        """Every address of a node (or the one address given); None for none given."""
-        if target is None:
-            return None
-        try:
-            return [str(IPv4Address(target))]
-        except ValueError:
-            return [str(i.address.ip) for i in self.plan.node(target).interfaces]
+        return addresses_of(self.plan, target)
 
     def sleep(self, seconds: float) -> dict:
         started = time.time()

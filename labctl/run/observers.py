@@ -19,6 +19,7 @@ from ..plan import LabPlan
 from ..rundir import RunDir
 from ..nodes import ActorSession, NodeLost
 from ..steps import STEP_KINDS
+from .dispatch import addresses_of
 
 PARALLEL = 8  # nodes started, stopped and cleaned at once
 
@@ -74,9 +75,17 @@ class Observers:
     def actor_config(self, node: Any) -> dict:
         config = {"node": node.name, "run_dir": self.node_dir, "interfaces": [i.name for i in node.interfaces],
                   "addresses": self.addresses}
+        def resolve(target: str | None) -> list[str] | None:
+            return addresses_of(self.plan, target)
+
         for step in self.steps:  # what a step kind needs in place before the first step (rules: the engine)
             if step.node == node.name:
-                config.update(STEP_KINDS[step.kind].actor_config(step.action, step))
+                for key, value in STEP_KINDS[step.kind].actor_config(step.action, step, resolve).items():
+                    # Lists add up over steps (every rule's flows); anything else is set.
+                    if isinstance(value, list):
+                        config[key] = config.get(key, []) + [v for v in value if v not in config.get(key, [])]
+                    else:
+                        config[key] = value
         return config
 
     def _start_actors(self) -> dict[str, dict]:

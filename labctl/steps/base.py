@@ -81,8 +81,11 @@ class StepKind:
     def check(self, action: Any, step: Any, here: FieldPath, names: Names) -> None:
         """Refuse, before anything runs, what cannot work in this lab (``here``: the step's path)."""
 
-    def actor_config(self, action: Any, step: Any) -> dict:
-        """What the actor on the step's node must set up before any step runs."""
+    def actor_config(self, action: Any, step: Any, addresses_of: Callable[[str | None], list[str] | None]) -> dict:
+        """What the actor on the step's node must set up before any step runs.
+
+        ``addresses_of``: a node name (or address) as the addresses it stands for, None for None.
+        A list value adds to the same key's list from other steps."""
         return {}
 
     def perform(self, action: Any, step: Any, run: "StepDispatch") -> dict:

@@ -6,12 +6,13 @@ in a rule and in the expectation that checks what it did.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import ConfigDict, Field
 
 from ..units import MAX_COUNT, Count, PortOrAny, Seq32, TcpFlags
 
+from ..agent.rules import flows
 from ..units import Duration
 from .base import Names, StepKind, Strict, register
 
@@ -53,6 +54,19 @@ class Release(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def addressed_rule(rule: Rule, addresses_of: Callable[[str | None], list[str] | None]) -> dict:
+    """The rule as the agent takes it: ``from``/``to`` (its own and its context's) as the addresses they stand for."""
+    def addressed(match: Match) -> dict:
+        spec = match.model_dump(by_alias=True)
+        spec["from"], spec["to"] = addresses_of(match.from_), addresses_of(match.to)
+        return spec
+
+    spec = addressed(rule)
+    if rule.after:
+        spec["after"] = addressed(rule.after)
+    return spec
+
+
 def check_match(match: Match, names: Names, where: tuple) -> None:
     names.endpoint(match.from_, (*where, "from"))
     names.endpoint(match.to, (*where, "to"))
@@ -71,19 +85,13 @@ class RuleStep(StepKind):
         if step.as_:
             names.rules[step.as_] = (step.node, action.action)
 
-    def actor_config(self, action: Rule, step: Any) -> dict:
-        # The rule engine must see each connection's SYNs to number its sequence space.
-        return {"rules": True}
+    def actor_config(self, action: Rule, step: Any, addresses_of) -> dict:
+        # The rule engine starts with the actor, so it sees each connection's SYNs (it numbers
+        # sequence spaces from them), and only the flows this rule names are diverted to it.
+        return {"rules": True, "rule_flows": flows(addressed_rule(action, addresses_of))}
 
     def perform(self, action: Rule, step: Any, run) -> dict:
-        def addressed(match: Match) -> dict:
-            spec = match.model_dump(by_alias=True)
-            spec["from"], spec["to"] = run.addresses_of(match.from_), run.addresses_of(match.to)
-            return spec
-
-        rule = addressed(action)
-        if action.after:
-            rule["after"] = addressed(action.after)
+        rule = addressed_rule(action, run.addresses_of)
         name = step.as_ or f"rule{len(run.rule_nodes) + 1}"
         run.rule_nodes[name] = step.node
         return run.call(step, "rule", {"name": name, "rule": rule}, RULE_TIMEOUT)
