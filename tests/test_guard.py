@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +142,134 @@ def test_every_node_is_planned_without_a_route_to_its_bridges_and_hosts_without_
     assert dict(plan.node("router").sysctls)["net.ipv4.ip_forward"] == "1"
     # The spec it records once set up is its spec hash, which that record does not change.
     assert plan.node("client").setup("img:1").spec == plan.node("client").spec_hash("img:1")
+
+
+# --- locks are shared by every user of the machine (two users, one engine) -----------------
+
+OTHER_UID = 65534  # nobody
+
+
+def other_user_python() -> str:
+    """An interpreter the other user may run (this one may live under root's private home)."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run([candidate, "-c", "pass"], preexec_fn=as_other_user, capture_output=True)
+        except PermissionError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.fail("no python3 the other user may run (the test needs /usr/bin/python3)")
+
+
+def as_other_user() -> None:
+    os.setgroups([])
+    os.setgid(OTHER_UID)
+    os.setuid(OTHER_UID)
+
+
+HOLD_AS = """
+import sys, time
+from labctl import locking
+with locking.lab_lock("docker-test", sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+TRY_AS = """
+import sys
+from labctl import locking
+try:
+    with locking.lab_lock("docker-test", sys.argv[1], wait=False):
+        print("got it")
+except locking.LabBusy as exc:
+    print("busy:", exc.message)
+"""
+
+
+def as_other(code: str, lab: str, **popen) -> list:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Its own runtime directory, as a logged-in user has: locks must not go there.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": root, "XDG_RUNTIME_DIR": f"/run/user/{OTHER_UID}"}
+    return [other_user_python(), "-c", code, lab], dict(env=env, preexec_fn=as_other_user, text=True, **popen)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a second user")
+def test_two_users_exclude_each_other_on_a_lab(monkeypatch):
+    # The default lock directory, as two users of one engine have it (no LABCTL_STATE_DIR).
+    monkeypatch.delenv(locking.STATE_ENV)
+    lab = f"two-users-{os.getpid()}"
+    path = locking.lock_path("docker-test", lab)
+    argv, options = as_other(HOLD_AS, lab, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    holder = subprocess.Popen(argv, **options)
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        with pytest.raises(locking.LabBusy) as refused:
+            with locking.lab_lock("docker-test", lab, wait=False):
+                pass
+        assert f"pid {holder.pid}" in refused.value.message
+        assert oct(path.parent.stat().st_mode & 0o7777) == oct(locking.SHARED_DIR_MODE)
+        assert oct(path.stat().st_mode & 0o777) == oct(locking.SHARED_FILE_MODE)
+        holder.kill()
+        holder.wait()
+        with locking.lab_lock("docker-test", lab):  # and the other way round: root holds, the other user is refused
+            argv, options = as_other(TRY_AS, lab, capture_output=True)
+            other = subprocess.run(argv, **options)
+            assert other.stdout.startswith(f"busy: lab '{lab}' is busy: its lock is held by pid {os.getpid()}"), other.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+        path.unlink(missing_ok=True)
+
+
+def test_the_default_lock_directory_is_one_for_every_user(monkeypatch):
+    monkeypatch.delenv(locking.STATE_ENV)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")  # a per-user directory is not where locks go
+    assert locking.state_dir() == Path("/run/lock/labctl")
+    assert locking.lock_path("docker-test", "lab1").parent == Path("/run/lock/labctl")
+
+
+def test_a_lock_made_under_a_tight_umask_is_still_open_to_every_user(state_dir):
+    previous = os.umask(0o077)
+    try:
+        with locking.lab_lock("docker-test", "lab1") as path:
+            pass
+    finally:
+        os.umask(previous)
+    assert oct(state_dir.stat().st_mode & 0o7777) == oct(locking.SHARED_DIR_MODE)  # made by labctl: made shared
+    assert oct(path.stat().st_mode & 0o777) == oct(locking.SHARED_FILE_MODE)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "directory", "fifo"])
+def test_a_lock_name_planted_by_another_user_is_never_followed_or_written(plant, state_dir, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = locking.lock_path("docker-test", "lab1")
+    state_dir.mkdir()
+    if plant == "symlink":
+        path.symlink_to(victim)
+    elif plant == "hardlink":
+        os.link(victim, path)
+    elif plant == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    with pytest.raises(locking.UserError) as refused:
+        with locking.lab_lock("docker-test", "lab1", wait=False):
+            pass
+    assert str(path) in refused.value.message
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_lock_directory_that_is_a_symlink_is_refused(state_dir, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    state_dir.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(locking.UserError, match="is not a directory"):
+        with locking.lab_lock("docker-test", "lab1"):
+            pass
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_what_another_user_wrote_in_a_lock_is_shown_only_as_printable_text(state_dir):
+    state_dir.mkdir()
+    path = locking.lock_path("docker-test", "lab1")
+    path.write_bytes(b"pid 1 (\x1b[2Jlabctl run)\x07" + b"x" * 1000 + b"\nsecond line\n")
+    assert locking.holder(path) == ("pid 1 ([2Jlabctl run)" + "x" * 1000)[:240]
