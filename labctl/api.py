@@ -17,6 +17,8 @@ from . import nodes as agent
 from .engine import DeployReport, Engine, ExecResult, default_engine
 from .errors import EngineError, UserError
 from .impairments import apply_lab, heal_loop, in_force, loop_link, parse_impairment, set_link, start_loop
+from .instances import DEFAULT_INSTANCE, check_instance, flag, lab_key, split_key
+from .instances import describe as describe_instance
 from .loader import LoadedLab, available_labs, load_lab
 from .plan import LabPlan, plan_lab
 
@@ -46,23 +48,25 @@ def load(ref: str | Path, params: Mapping[str, str] | None = None) -> LoadedLab:
     return load_lab(ref, params)
 
 
-def lab_lock(engine: Engine, lab: str, *, wait: bool = True, progress: Progress | None = None):
-    """The lab's lock on this engine (see ``labctl.locking``): held by whatever changes or runs the lab."""
+def lab_lock(engine: Engine, lab: str, instance: str = DEFAULT_INSTANCE, *, wait: bool = True, progress: Progress | None = None):
+    """The lab instance's lock on this engine (see ``labctl.locking``): held by whatever changes or runs it."""
     from .locking import lab_lock as lock
 
-    return lock(engine.ident, lab, wait=wait, notify=progress)
+    return lock(engine.ident, lab, instance, wait=wait, notify=progress)
 
 
 def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engine | None = None,
-       offline: bool = False, progress: Progress | None = None, wait: bool = True) -> UpResult:
+       offline: bool = False, progress: Progress | None = None, wait: bool = True, instance: str | None = None) -> UpResult:
     """Bring a lab up (or reconcile it with its file, repairing nodes whose setup never finished).
-    Validation happens before anything is created; ``wait=False``: refuse if another labctl works on the lab."""
+    Validation happens before anything is created; ``wait=False``: refuse if another labctl works on the lab.
+    ``instance``: which isolated copy of the lab (default: ``default``, the lab itself)."""
     started = time.monotonic()
+    instance = check_instance(instance)
     loaded = load_lab(ref, params)
     engine = engine or default_engine()
     image = engine.ensure_image(offline=offline, progress=progress)
-    with lab_lock(engine, loaded.lab.name, wait=wait, progress=progress):
-        plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+    with lab_lock(engine, loaded.lab.name, instance, wait=wait, progress=progress):
+        plan = _with_packages(engine, loaded, _plan_on(engine, loaded, instance), image.tag, progress)
         report = _deploy(engine, plan, image.tag, progress)
         impaired = _apply_lab_impairments(engine, plan, report, progress)
     return UpResult(plan, report, image, time.monotonic() - started, impaired)
@@ -116,8 +120,8 @@ def _apply_lab_impairments(engine: Engine, plan: LabPlan, report: DeployReport, 
 
 def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str] | None = None, *,
         engine: Engine | None = None, root: Path | None = None, progress: Progress | None = None,
-        wait: bool = True) -> list:
-    """Run scenarios of a lab (all of them by default), bringing the lab up if needed.
+        wait: bool = True, instance: str | None = None) -> list:
+    """Run scenarios of a lab (all of them by default), bringing the lab (``instance``) up if needed.
 
     Every scenario and matrix point is validated before anything is created or run.
     Returns one ``RunResult`` per run, each with its run directory and verdicts.
@@ -128,14 +132,15 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     from .environment import check_results_dir
     from .rundir import results_root
 
+    instance = check_instance(instance)
     loaded = load_lab(ref, params)
     chosen = load_scenarios(loaded, scenarios, params)
     check_results_dir(root or results_root())  # before the lab is touched
     engine = engine or default_engine()
     image = engine.ensure_image(progress=progress)
-    # One run at a time per lab: another's socket clean-up or reconcile would cut this one's connections.
-    with lab_lock(engine, loaded.lab.name, wait=wait, progress=progress):
-        plan = _with_packages(engine, loaded, _plan_on(engine, loaded), image.tag, progress)
+    # One run at a time per lab instance: another's socket clean-up or reconcile would cut this one's connections.
+    with lab_lock(engine, loaded.lab.name, instance, wait=wait, progress=progress):
+        plan = _with_packages(engine, loaded, _plan_on(engine, loaded, instance), image.tag, progress)
         _apply_lab_impairments(engine, plan, _deploy(engine, plan, image.tag, progress), progress)
         results = []
         for one in chosen:
@@ -176,18 +181,42 @@ def lab_name(ref: str | Path, params: Mapping[str, str] | None = None) -> str:
     return str(ref)
 
 
+ALL_INSTANCES = "*"
+
+
 def down(ref: str | Path | None, *, engine: Engine | None = None, params: Mapping[str, str] | None = None,
-         wait: bool = True, progress: Progress | None = None) -> list[str]:
-    """Remove a lab's objects (every labctl object when ``ref`` is None), a stale lab's too."""
+         wait: bool = True, progress: Progress | None = None, instance: str | None = None) -> list[str]:
+    """Remove a lab instance's objects (``instance``: default ``default``; ``"*"``: every instance of
+    the lab), a stale one's too. ``ref`` None: every labctl object on the engine, every instance."""
     from contextlib import ExitStack
 
+    every = instance == ALL_INSTANCES
+    instance = DEFAULT_INSTANCE if every else check_instance(instance)
     name = None if ref is None else lab_name(ref, params)  # a bad lab file is refused before the engine is reached
     engine = engine or default_engine()
+    if name is None:
+        keys = sorted(engine.labs())
+    elif every:
+        keys = sorted(k for k in engine.labs() if split_key(k)[0] == name)
+    else:
+        keys = [lab_key(name, instance)]
+    removed: list[str] = []
     with ExitStack() as locks:
-        # Every lab's lock, one after the other in name order, so two `down`s cannot deadlock.
-        for each in sorted(engine.labs()) if name is None else [name]:
-            locks.enter_context(lab_lock(engine, each, wait=wait, progress=progress))
-        return engine.destroy(name)
+        # Every lab instance's lock, one after the other in key order, so two `down`s cannot deadlock.
+        for key in keys:
+            locks.enter_context(lab_lock(engine, *split_key(key), wait=wait, progress=progress))
+        if name is None:
+            return engine.destroy(None)
+        for key in keys:
+            removed += engine.destroy(key)
+    return removed
+
+
+def instances(lab: str | Path, *, engine: Engine | None = None, params: Mapping[str, str] | None = None) -> list[str]:
+    """The instances of a lab that have objects on the engine, by name."""
+    name = lab_name(lab, params)
+    engine = engine or default_engine()
+    return sorted(split_key(k)[1] for k in engine.labs() if split_key(k)[0] == name)
 
 
 @dataclass
@@ -215,20 +244,40 @@ class LabStatus:
     health: str = "healthy"  # healthy | stale (half made: `up` repairs it, `down` removes it) | busy (another labctl at work)
     problems: list[str] = field(default_factory=list)
     busy: str | None = None  # who holds the lab's lock
+    instance: str = DEFAULT_INSTANCE
+
+    @property
+    def title(self) -> str:
+        """The lab instance as messages name it."""
+        return describe_instance(self.lab, self.instance)
+
+    @property
+    def key(self) -> str:
+        return lab_key(self.lab, self.instance)
 
     def to_json(self) -> dict:
-        return {"lab": self.lab, "health": self.health, "problems": self.problems, "busy": self.busy,
+        return {"lab": self.lab, "instance": self.instance, "health": self.health, "problems": self.problems, "busy": self.busy,
                 "nodes": [vars(n) for n in self.nodes], "links": self.links, "loops": self.loops}
 
 
-def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabStatus]:
+def status(lab: str | None = None, *, engine: Engine | None = None, instance: str | None = None) -> list[LabStatus]:
+    """Every lab instance that is up (``lab``: that lab's instances; ``instance``: only that one)."""
+    if instance is not None:
+        instance = check_instance(instance)
+        if lab is None:
+            raise UserError("--instance names an instance of a lab: give the lab too")
     engine = engine or default_engine()
-    names = [lab_name(lab)] if lab else engine.labs()
+    if lab is None:
+        keys = engine.labs()
+    else:
+        wanted = lab_name(lab)
+        keys = [lab_key(wanted, instance)] if instance else [k for k in engine.labs() if split_key(k)[0] == wanted] or [wanted]
     result = []
-    for name in names:
+    for name in keys:
         nodes = engine.nodes(name)
         if lab and not nodes and not engine.links(name):
-            raise UserError(f"lab '{name}' is not up", hint=f"start it with `labctl up {name}`")
+            which = describe_instance(*split_key(name))
+            raise UserError(f"lab '{which}' is not up", hint=f"start it with `labctl up {split_key(name)[0]}{flag(split_key(name)[1])}`")
 
         def describe(state) -> NodeStatus:
             entry = NodeStatus(state.node, state.status, state.container, state.image)
@@ -259,22 +308,22 @@ def status(lab: str | None = None, *, engine: Engine | None = None) -> list[LabS
                   "impairments": [{"from": d.node, **d.to_json()} for d in impaired if d.link == l.link]}
                  for l in link_states]
         loops = [{"router": n.name, **n.loop} for n in described if n.loop and n.loop.get("active")]
-        entry = LabStatus(name, described, links, loops)
+        entry = LabStatus(split_key(name)[0], described, links, loops, instance=split_key(name)[1])
         _judge_health(engine, entry, nodes, link_states)
         result.append(entry)
     return result
 
 
-def _plan_on(engine: Engine, loaded: LoadedLab) -> LabPlan:
+def _plan_on(engine: Engine, loaded: LoadedLab, instance: str = DEFAULT_INSTANCE) -> LabPlan:
     """The lab's plan on this engine. Links of it that are up keep the subnets they hold while
     those are free, so a lab is not moved (torn down and made again) only because the pool
     allocation would come out differently now that other networks have come or gone; this
     is also what keeps a lab brought up by `docker-compose` from an export as it is."""
     from ipaddress import IPv4Network
 
-    name = loaded.lab.name
-    current = {l.link: IPv4Network(l.subnet) for l in engine.links(name) if l.subnet}
-    return plan_lab(loaded, engine.subnets_in_use(exclude_lab=name), current)
+    key = lab_key(loaded.lab.name, instance)
+    current = {l.link: IPv4Network(l.subnet) for l in engine.links(key) if l.subnet}
+    return plan_lab(loaded, engine.subnets_in_use(exclude_lab=key), current, instance)
 
 
 def _services(engine: Engine, lab: str, node: str) -> list[dict]:
@@ -292,38 +341,36 @@ def _judge_health(engine: Engine, entry: LabStatus, nodes: list, links: list) ->
 
     problems = [f"node {n.name}: {n.problem}" for n in entry.nodes if n.problem]
     actual = state_digest({n.node: n.spec for n in nodes}, {l.link: l.spec for l in links})
-    recorded = engine.recorded(entry.lab)
+    recorded = engine.recorded(entry.key)
     if not recorded:
         problems.insert(0, "no `up` of it ever finished (one was killed?)")
     elif actual not in recorded:
         problems.insert(0, "its nodes and links are not those its last finished `up` made (a later one was killed?)")
     entry.problems = problems
-    entry.busy = is_held(engine.ident, entry.lab)
+    entry.busy = is_held(engine.ident, entry.lab, entry.instance)
     if entry.busy:
         entry.health = "busy"  # another labctl is changing or running it: half made is its business now
     elif problems:
         entry.health = "stale"
 
 
-def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine) -> tuple[LoadedLab, LabPlan]:
-    """A lab that is up, and its plan as its nodes have it (the subnets its links hold now)."""
-    from ipaddress import IPv4Network
-
+def _running_plan(ref: str | Path, params: Mapping[str, str] | None, engine: Engine,
+                  instance: str = DEFAULT_INSTANCE) -> tuple[LoadedLab, LabPlan]:
+    """A lab instance that is up, and its plan as its nodes have it (the subnets its links hold now)."""
     name = lab_name(ref, params)
-    nodes = engine.nodes(name)
+    nodes = engine.nodes(lab_key(name, instance))
     if not nodes:
-        raise UserError(f"lab '{name}' is not up", hint=f"start it with `labctl up {name}`")
+        raise UserError(f"lab '{describe_instance(name, instance)}' is not up", hint=f"start it with `labctl up {name}{flag(instance)}`")
     source = ref
     if not Path(str(ref)).exists() and str(ref) not in available_labs() and nodes[0].source:
         source = nodes[0].source  # brought up from a path: the engine's labels remember which
     loaded = load_lab(source, params)
-    current = {l.link: IPv4Network(l.subnet) for l in engine.links(name) if l.subnet}
-    return loaded, plan_lab(loaded, engine.subnets_in_use(exclude_lab=name), current)
+    return loaded, _plan_on(engine, loaded, instance)
 
 
 def impair(lab: str | Path, link: str, from_node: str | None = None, settings: Mapping | None = None, clear: bool = False, *,
            params: Mapping[str, str] | None = None, engine: Engine | None = None, wait: bool = True,
-           progress: Progress | None = None) -> list:
+           progress: Progress | None = None, instance: str | None = None) -> list:
     """Impair a link of a running lab now, in one direction (``from_node``'s egress) or every one.
 
     ``settings`` as a lab file writes them: ``{"delay": "50ms", "jitter": "10ms", "loss": "5%", "rate": "1mbit"}``;
@@ -336,16 +383,17 @@ def impair(lab: str | Path, link: str, from_node: str | None = None, settings: M
     if not clear and not given:
         raise UserError("nothing to set: give at least one setting (delay, loss, rate, ...) or clear",
                         hint="e.g. labctl impair LAB LINK --delay 50ms --loss 5%")
+    instance = check_instance(instance)
     engine = engine or default_engine()
     imp = None if clear else parse_impairment(given, from_node)
-    with lab_lock(engine, lab_name(lab, params), wait=wait, progress=progress):
-        _, plan = _running_plan(lab, params, engine)
+    with lab_lock(engine, lab_name(lab, params), instance, wait=wait, progress=progress):
+        _, plan = _running_plan(lab, params, engine, instance)
         return set_link(engine, plan, link, from_node, imp)
 
 
 def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, match: Mapping | None = None, *,
          heal: bool = False, params: Mapping[str, str] | None = None, engine: Engine | None = None, wait: bool = True,
-         progress: Progress | None = None):
+         progress: Progress | None = None, instance: str | None = None):
     """A transient forwarding loop between two routers for ``seconds`` (e.g. 2 or "2s"), optionally only
     for packets matching ``match`` ({"from": node, "to": node, "proto": "tcp", "dport": 80, "flags": "P"}).
 
@@ -354,6 +402,7 @@ def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, 
     """
     from .units import parse_duration
 
+    instance = check_instance(instance)
     engine = engine or default_engine()
     if not heal:
         if seconds is None:
@@ -362,8 +411,8 @@ def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, 
             duration = parse_duration(seconds)
         except ValueError as exc:
             raise UserError(f"loop duration: {exc}") from None
-    with lab_lock(engine, lab_name(lab, params), wait=wait, progress=progress):
-        _, plan = _running_plan(lab, params, engine)
+    with lab_lock(engine, lab_name(lab, params), instance, wait=wait, progress=progress):
+        _, plan = _running_plan(lab, params, engine, instance)
         if heal:
             loop_link(plan, r1, r2)
             return heal_loop(engine, plan, [r1, r2])
@@ -371,14 +420,16 @@ def loop(lab: str | Path, r1: str, r2: str, seconds: float | str | None = None, 
 
 
 def exec_in(lab: str, node: str, argv: Sequence[str], *, engine: Engine | None = None,
-            stream: Callable[[bytes, bool], None] | None = None) -> ExecResult:
+            stream: Callable[[bytes, bool], None] | None = None, instance: str | None = None) -> ExecResult:
+    key = lab_key(lab_name(lab), check_instance(instance))
     engine = engine or default_engine()
-    return engine.exec(lab_name(lab), node, argv, stream=stream)
+    return engine.exec(key, node, argv, stream=stream)
 
 
-def shell(lab: str, node: str, argv: Sequence[str] = ("bash",), *, engine: Engine | None = None) -> int:
+def shell(lab: str, node: str, argv: Sequence[str] = ("bash",), *, engine: Engine | None = None, instance: str | None = None) -> int:
+    key = lab_key(lab_name(lab), check_instance(instance))
     engine = engine or default_engine()
-    return engine.shell(lab_name(lab), node, argv)
+    return engine.shell(key, node, argv)
 
 
 @dataclass(frozen=True)
@@ -580,7 +631,7 @@ _CAPTURE = ('exec 3<&0; tcpdump "$@" & t=$!; (cat <&3 >/dev/null; kill $t 2>/dev
 
 def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: Callable[[bytes], None],
             pcap: bool = True, count: int | None = None, bpf: Sequence[str] = (),
-            on_stderr: Callable[[bytes], None] | None = None, engine: Engine | None = None) -> int:
+            on_stderr: Callable[[bytes], None] | None = None, engine: Engine | None = None, instance: str | None = None) -> int:
     """A live capture on a node's interface (``None``: its only lab interface, else ``any``).
 
     ``pcap``: the capture file as tcpdump writes it (``-U -w -``: each packet as it comes), so
@@ -588,10 +639,11 @@ def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: C
     Runs until ``count`` packets, the node going away, or the caller's KeyboardInterrupt
     (after which the capture in the node is stopped too). Returns tcpdump's exit status.
     """
-    engine = engine or default_engine()
     name = lab_name(lab)
+    key = lab_key(name, check_instance(instance))
+    engine = engine or default_engine()
     try:
-        interfaces = [i["name"] for i in agent.inspect(engine, name, node).interfaces]
+        interfaces = [i["name"] for i in agent.inspect(engine, key, node).interfaces]
     except EngineError as exc:
         raise UserError(f"cannot list the interfaces of {node}: {exc.message[-300:]}") from None
     if interface is None:
@@ -603,7 +655,7 @@ def capture(lab: str | Path, node: str, interface: str | None = None, *, sink: C
     args += ["-U", "-w", "-"] if pcap else ["-l"]
     if count is not None:
         args += ["-c", str(count)]
-    stream = engine.attach(name, node, ["sh", "-c", _CAPTURE, "sh", *args, *bpf])
+    stream = engine.attach(key, node, ["sh", "-c", _CAPTURE, "sh", *args, *bpf])
     try:
         while (chunk := stream.read()) is not None:
             kind, data = chunk

@@ -17,6 +17,8 @@ from rich.table import Table as RichTable
 
 from . import __version__, api, environment
 from .errors import UserError
+from .instances import describe as describe_instance
+from .instances import flag as instance_flag
 
 app = typer.Typer(help="Build Docker labs of clients, routers and servers; impair links; run TCP scenarios; collect evidence.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
@@ -145,6 +147,7 @@ def _complete_node_interface(ctx: typer.Context, incomplete: str) -> list[str]:
 LAB_ARG = typer.Argument(..., help="A built-in lab's name, a lab directory, or a lab file.", autocompletion=_complete_lab)
 PARAM_OPT = typer.Option([], "--param", "-p", help="KEY=VALUE rendered into the lab file (Jinja2). Repeatable.")
 NO_WAIT_OPT = typer.Option(False, "--no-wait", help="If another labctl is working on the lab, fail (exit 2) instead of waiting for it.")
+INSTANCE_OPT = typer.Option(None, "--instance", help="Which isolated copy of the lab (letters, digits, _); default: the lab itself (instance 'default').")
 
 
 @contextmanager
@@ -164,22 +167,25 @@ def progress_shown(enabled: bool = True) -> Iterator:
 def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
        offline: bool = typer.Option(False, help="Build the node image from the offline Debian bootstrap, never a registry."),
        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-       no_wait: bool = NO_WAIT_OPT) -> None:
+       no_wait: bool = NO_WAIT_OPT, instance: Optional[str] = INSTANCE_OPT) -> None:
     """Bring a lab up, or bring a running lab in line with its file. Running it twice changes nothing.
 
-    Example: labctl up teardown
+    With --instance NAME, another copy of the lab beside the others: its own containers, networks and
+    subnets (fixed subnets of the lab file are moved to free ones, and every address in them with them).
+
+    Example: labctl up teardown (or: labctl up teardown --instance b)
     """
     with progress_shown(not as_json) as progress:
-        result = api.up(lab, api.parse_params(param), offline=offline, progress=progress, wait=not no_wait)
+        result = api.up(lab, api.parse_params(param), offline=offline, progress=progress, wait=not no_wait, instance=instance)
     if as_json:
-        out.print_json(data={"lab": result.plan.lab, "image": result.image.tag, "created": result.report.created,
+        out.print_json(data={"lab": result.plan.lab, "instance": result.plan.instance, "image": result.image.tag, "created": result.report.created,
                              "removed": result.report.removed, "kept": result.report.kept, "seconds": round(result.seconds, 3),
                              "plan": result.plan.to_json()})
         return
     changed = "up" if result.report.created or result.report.removed else "already up, nothing changed"
-    out.print(f"[bold]{result.plan.lab}[/bold]: {changed} in {result.seconds:.1f} s "
+    out.print(f"[bold]{escape(describe_instance(result.plan.lab, result.plan.instance))}[/bold]: {changed} in {result.seconds:.1f} s "
               f"(image {result.image.tag}, base {result.image.base_kind})")
-    _print_status(api.status(result.plan.lab))
+    _print_status(api.status(result.plan.lab, instance=result.plan.instance))
 
 
 @app.command()
@@ -189,7 +195,7 @@ def run(lab: str = LAB_ARG,
         param: List[str] = PARAM_OPT,
         results: Optional[str] = typer.Option(None, help="Where run directories go (default ./results or $LABCTL_RESULTS)."),
         as_json: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
-        no_wait: bool = NO_WAIT_OPT) -> None:
+        no_wait: bool = NO_WAIT_OPT, instance: Optional[str] = INSTANCE_OPT) -> None:
     """Run scenarios on a lab (bringing it up if needed); record everything in a run directory.
 
     Exit status: 0 when every expectation held, 1 when one failed, 3 when none failed but one
@@ -207,7 +213,7 @@ def run(lab: str = LAB_ARG,
     try:
         with progress_shown(not as_json) as progress:
             outcomes = api.run(lab, scenario, api.parse_params(param), root=Path(results) if results else None, progress=progress,
-                               wait=not no_wait)
+                               wait=not no_wait, instance=instance)
     except RunInterrupted as stop:
         interrupted, outcomes = stop, stop.results  # what was recorded is shown; nothing after it ran
     statuses = [exit_status(r.verdicts, r.status == "complete") for r in outcomes]
@@ -350,27 +356,40 @@ def sweep(lab: str = LAB_ARG,
 
 @app.command()
 def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name or path)."),
-         all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine."),
+         all_labs: bool = typer.Option(False, "--all", help="Remove every labctl object on this engine (every lab, every instance)."),
+         instance: Optional[str] = typer.Option(None, "--instance", help="Only this instance of the lab (default: the lab itself, instance 'default')."),
+         all_instances: bool = typer.Option(False, "--all-instances", help="Every instance of the lab."),
          param: List[str] = PARAM_OPT, no_wait: bool = NO_WAIT_OPT) -> None:
-    """Remove a lab's containers and networks, and nothing else.
+    """Remove a lab instance's containers and networks, and nothing else: other instances stay up.
 
-    Example: labctl down teardown
+    Example: labctl down teardown (or: labctl down teardown --instance b)
     """
     if (lab is None) == (not all_labs):
         raise UserError("give a lab, or --all (not both)")
+    if instance is not None and all_instances:
+        raise UserError("give --instance or --all-instances, not both")
+    if all_labs and (instance is not None or all_instances):
+        raise UserError("--all takes every instance already: leave out --instance and --all-instances")
     with progress_shown() as progress:
-        removed = api.down(None if all_labs else lab, params=api.parse_params(param), wait=not no_wait, progress=progress)
+        removed = api.down(None if all_labs else lab, params=api.parse_params(param), wait=not no_wait, progress=progress,
+                           instance=api.ALL_INSTANCES if all_instances else instance)
     out.print(f"removed {len(removed)} object(s)" + (": " + ", ".join(removed) if removed else ""))
+    if lab is not None and not all_instances:
+        others = [i for i in api.instances(lab, params=api.parse_params(param))]
+        if others:
+            err.print(f"still up: instance(s) {', '.join(others)} of {escape(api.lab_name(lab, api.parse_params(param)))} "
+                      "(--instance NAME or --all-instances takes them)", highlight=False)
 
 
 @app.command()
 def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that are up when omitted."),
+           instance: Optional[str] = typer.Option(None, "--instance", help="Only this instance of the lab (default: every instance that is up)."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show nodes, their state, addresses per link and routes.
+    """Show each lab instance that is up: nodes, their state, addresses per link and routes.
 
     Example: labctl status teardown --json
     """
-    states = api.status(lab)
+    states = api.status(lab, instance=instance)
     if as_json:
         out.print_json(data=[s.to_json() for s in states])
         return
@@ -382,13 +401,14 @@ def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that 
 
 def _print_status(states: list) -> None:
     for state in states:
+        title, flag = escape(state.title), escape(instance_flag(state.instance))
         if state.health == "busy":
-            out.print(f"lab {escape(state.lab)} is busy: {escape(state.busy or 'another labctl')} is working on it", highlight=False)
+            out.print(f"lab {title} is busy: {escape(state.busy or 'another labctl')} is working on it", highlight=False)
         elif state.health == "stale":
-            out.print(f"[red]lab {escape(state.lab)} is stale[/red] (half made): " + escape("; ".join(state.problems)),
+            out.print(f"[red]lab {title} is stale[/red] (half made): " + escape("; ".join(state.problems)),
                       highlight=False, soft_wrap=True)
-            out.print(f"  repair: labctl up LAB_FILE; remove: labctl down {escape(state.lab)}", highlight=False, soft_wrap=True)
-        links = Table(title=f"lab {state.lab}: links", title_justify="left")
+            out.print(f"  repair: labctl up LAB_FILE{flag}; remove: labctl down {escape(state.lab)}{flag}", highlight=False, soft_wrap=True)
+        links = Table(title=f"lab {title}: links", title_justify="left")
         for column in ("link", "subnet", "bridge gateway", "network", "impairments in force"):
             links.add_column(column)
         for link in state.links:
@@ -398,7 +418,7 @@ def _print_status(states: list) -> None:
         for loop in state.loops:
             out.print(f"routing loop: {loop['router']} sends {'every packet' if not loop.get('match') else 'matching packets'} "
                       f"to {loop['peer']} on {loop['dev']} until it heals at {_clock(loop['heal_at'])}")
-        nodes = Table(title=f"lab {state.lab}: nodes", title_justify="left")
+        nodes = Table(title=f"lab {title}: nodes", title_justify="left")
         for column in ("node", "state", "interfaces", "routes"):
             nodes.add_column(column)
         for node in state.nodes:
@@ -408,7 +428,7 @@ def _print_status(states: list) -> None:
         out.print(nodes)
         services = [(node.name, s) for node in state.nodes for s in node.services]
         if services:
-            table = Table(title=f"lab {state.lab}: services", title_justify="left")
+            table = Table(title=f"lab {title}: services", title_justify="left")
             for column in ("node", "service", "state", "pid", "log"):
                 table.add_column(column)
             for name, service in services:
@@ -445,7 +465,7 @@ def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (i
            clear: bool = typer.Option(False, "--clear", help="Remove the impairment (in that direction, or every one)."),
            param: List[str] = PARAM_OPT,
            as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-           no_wait: bool = NO_WAIT_OPT) -> None:
+           no_wait: bool = NO_WAIT_OPT, instance: Optional[str] = INSTANCE_OPT) -> None:
     """Impair a link of a running lab now; the settings given replace what was in force in those directions.
 
     Example: labctl impair teardown right --from router --delay 50ms --loss 5%
@@ -454,7 +474,7 @@ def impair(lab: str = LAB_ARG, link: str = typer.Argument(..., help="The link (i
                 "duplicate": duplicate, "reorder": reorder, "corrupt": corrupt, "rate": rate, "limit": limit}
     with progress_shown(not as_json) as progress:
         directions = api.impair(lab, link, from_node, settings, clear, params=api.parse_params(param), wait=not no_wait,
-                                progress=progress)
+                                progress=progress, instance=instance)
     if as_json:
         out.print_json(data=[d.to_json() for d in directions])
         return
@@ -476,14 +496,15 @@ def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router.", aut
          heal: bool = typer.Option(False, "--heal", help="Heal a loop of these routers now."),
          param: List[str] = PARAM_OPT,
          as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-         no_wait: bool = NO_WAIT_OPT) -> None:
+         no_wait: bool = NO_WAIT_OPT, instance: Optional[str] = INSTANCE_OPT) -> None:
     """Make two routers forward (matching) packets to each other for a while: a transient routing loop.
 
     Example: labctl loop teardown-loop r1 r2 --for 2s --proto tcp --dport 5010
     """
     match = {"from": from_, "to": to, "proto": proto, "sport": sport, "dport": dport, "flags": flags, "payload": payload}
     with progress_shown(not as_json) as progress:
-        result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param), wait=not no_wait, progress=progress)
+        result = api.loop(lab, r1, r2, for_, match, heal=heal, params=api.parse_params(param), wait=not no_wait, progress=progress,
+                          instance=instance)
     if heal:
         healed = [router for router, reply in result.items() if reply.get("healed")]
         out.print(f"healed the loop on {', '.join(healed)}" if healed else "no loop was in force")
@@ -497,7 +518,8 @@ def loop(lab: str = LAB_ARG, r1: str = typer.Argument(..., help="A router.", aut
 @app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(lab: str = typer.Argument(..., help="The lab.", autocompletion=_complete_lab),
           node: str = typer.Argument(..., help="The node.", autocompletion=_complete_node),
-          command: List[str] = typer.Argument(..., help="The command, after --.")) -> None:
+          command: List[str] = typer.Argument(..., help="The command, after --."),
+          instance: Optional[str] = INSTANCE_OPT) -> None:
     """Run a command in a node; its exit status becomes labctl's.
 
     Example: labctl exec teardown client -- ping -c 1 server
@@ -507,19 +529,20 @@ def exec_(lab: str = typer.Argument(..., help="The lab.", autocompletion=_comple
         target.write(chunk)
         target.flush()
 
-    result = api.exec_in(lab, node, command, stream=stream)
+    result = api.exec_in(lab, node, command, stream=stream, instance=instance)
     raise typer.Exit(result.exit_code)
 
 
 @app.command()
 def shell(lab: str = typer.Argument(..., help="The lab.", autocompletion=_complete_lab),
           node: str = typer.Argument(..., help="The node.", autocompletion=_complete_node),
-          command: str = typer.Option("bash", help="The shell to start.")) -> None:
+          command: str = typer.Option("bash", help="The shell to start."),
+          instance: Optional[str] = INSTANCE_OPT) -> None:
     """Open an interactive shell in a node.
 
     Example: labctl shell teardown router
     """
-    raise typer.Exit(api.shell(lab, node, [command]))
+    raise typer.Exit(api.shell(lab, node, [command], instance=instance))
 
 
 class _ReaderGone(Exception):
@@ -532,7 +555,8 @@ def capture(lab: str = typer.Argument(..., help="The lab.", autocompletion=_comp
                                   autocompletion=_complete_node_interface),
             write: Optional[str] = typer.Option(None, "--write", "-w", help="Write pcap to this file, or - for stdout (for Wireshark or tshark)."),
             count: Optional[int] = typer.Option(None, "--count", "-c", min=1, help="Stop after this many packets."),
-            bpf: Optional[List[str]] = typer.Argument(None, help="A capture filter (tcpdump syntax), e.g. tcp port 5000.")) -> None:
+            bpf: Optional[List[str]] = typer.Argument(None, help="A capture filter (tcpdump syntax), e.g. tcp port 5000."),
+            instance: Optional[str] = INSTANCE_OPT) -> None:
     """Capture live on a node's interface: text, or pcap as it comes (-w FILE or -w -).
 
     Example: labctl capture teardown router:right -w - | wireshark -k -i -
@@ -563,7 +587,8 @@ def capture(lab: str = typer.Argument(..., help="The lab.", autocompletion=_comp
         sys.stderr.buffer.flush()
 
     try:
-        code = api.capture(lab, node, iface or None, sink=sink, pcap=write is not None, count=count, bpf=bpf or [], on_stderr=on_stderr)
+        code = api.capture(lab, node, iface or None, sink=sink, pcap=write is not None, count=count, bpf=bpf or [], on_stderr=on_stderr,
+                           instance=instance)
     except _ReaderGone:
         code = 0
     finally:

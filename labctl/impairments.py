@@ -141,7 +141,7 @@ def apply(engine: Engine, plan: LabPlan, wanted: Mapping[str, Mapping[str, dict]
 
     def one(node: str) -> list[Direction]:
         interfaces = {link: InterfaceWish(settings, peer_address(plan, link, node)) for link, settings in wanted[node].items()}
-        reply = agent.impair(engine, plan.lab, node, Impair(interfaces, origin, mechanism, force))
+        reply = agent.impair(engine, plan.key, node, Impair(interfaces, origin, mechanism, force))
         return [_direction(node, state) for state in reply.interfaces.values()]
 
     nodes = [n for n in wanted if wanted[n]]
@@ -200,7 +200,7 @@ def read_in_force(engine: Engine, plan: LabPlan, nodes: list[str] | None = None)
     names = nodes or [n.name for n in plan.nodes]
 
     def one(node: str) -> tuple[str, dict]:
-        return node, agent.inspect(engine, plan.lab, node).to_json()
+        return node, agent.inspect(engine, plan.key, node).to_json()
 
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
         return in_force(dict(pool.map(one, names)))
@@ -285,7 +285,7 @@ def start_loop(engine: Engine, plan: LabPlan, r1: str, r2: str, seconds: float,
         me, other = pair
         request = Loop("start", ident, link, address_on(plan, other, link), tuple(str(i.address.ip) for i in plan.node(other).interfaces),
                        tuple(subnets), payload_match, start_at, heal_at)
-        return agent.loop(engine, plan.lab, me, request)
+        return agent.loop(engine, plan.key, me, request)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(one, pair) for pair in [(r1, r2), (r2, r1)]]
@@ -306,7 +306,7 @@ def heal_loop(engine: Engine, plan: LabPlan, routers: list[str] | None = None) -
     names = routers or [n.name for n in plan.nodes if n.role == "router"]
 
     def one(router: str) -> tuple[str, dict]:
-        return router, agent.loop(engine, plan.lab, router, Loop("heal")).to_json()
+        return router, agent.loop(engine, plan.key, router, Loop("heal")).to_json()
 
     if not names:
         return {}
@@ -316,7 +316,7 @@ def heal_loop(engine: Engine, plan: LabPlan, routers: list[str] | None = None) -
 
 def loop_states(engine: Engine, plan: LabPlan, routers: list[str]) -> dict[str, dict]:
     def one(router: str) -> tuple[str, dict]:
-        return router, agent.loop(engine, plan.lab, router, Loop("status")).state or {}
+        return router, agent.loop(engine, plan.key, router, Loop("status")).state or {}
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(routers)))) as pool:
         return dict(pool.map(one, routers))

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Mapping
 
 from .agent import protocol
+from .instances import DEFAULT_INSTANCE, lab_key
 from .loader import LoadedLab, forwarding_paths, gateway_address
 from .model import Lab
 from .nodefiles import FileSource, resolve_source
@@ -117,7 +118,12 @@ class LabPlan:
     links: tuple[LinkPlan, ...]
     nodes: tuple[NodePlan, ...]
     params: Mapping[str, str] = field(default_factory=dict)
-    instance: str = "default"  # one lab up several times at once: which copy (its identity: lab, source, instance)
+    instance: str = DEFAULT_INSTANCE  # one lab up several times at once: which copy (its identity: lab, source, instance)
+
+    @property
+    def key(self) -> str:
+        """What the engine knows this lab instance by (``labctl.instances.lab_key``)."""
+        return lab_key(self.lab, self.instance)
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
@@ -142,8 +148,8 @@ def subnet_pool(lab: Lab) -> IPv4Network:
 
 
 def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
-             current: Mapping[str, IPv4Network] | None = None) -> LabPlan:
-    """``in_use`` maps subnets other engine networks hold to their names (this lab's own excluded).
+             current: Mapping[str, IPv4Network] | None = None, instance: str = DEFAULT_INSTANCE) -> LabPlan:
+    """``in_use`` maps subnets other engine networks hold to their names (this lab instance's own excluded).
 
     ``current``: the subnets this lab's links hold now. A link without a fixed subnet keeps its
     own while it is free, so the plan of a running lab says what its nodes really have, even
@@ -160,7 +166,7 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
     _check_no_route_to_bridges(loaded, links)
     nodes = tuple(_plan_node(lab, name, subnets, addresses, _node_files(loaded, name)) for name in lab.nodes)
     # The source is part of the lab's identity on the engine: the same file from any directory.
-    return LabPlan(lab.name, str(loaded.path.resolve()) if loaded.path else "", links, nodes, dict(loaded.params))
+    return LabPlan(lab.name, str(loaded.path.resolve()) if loaded.path else "", links, nodes, dict(loaded.params), instance)
 
 
 def _check_no_route_to_bridges(loaded: LoadedLab, links: tuple[LinkPlan, ...]) -> None:

@@ -45,7 +45,7 @@ def startup_key(node: NodePlan, files_hash: str | None) -> str:
 
 def provision_node(engine: Engine, plan: LabPlan, node: NodePlan, fresh: bool, progress: Progress) -> NodeProvision:
     done = NodeProvision(node.name)
-    state = None if fresh else agent.call(engine, plan.lab, node.name, "provision-state")
+    state = None if fresh else agent.call(engine, plan.key, node.name, "provision-state")
     try:
         files_hash = nodefiles.content_hash(list(node.files)) if node.files else None
     except (OSError, nodefiles.FilesError) as exc:
@@ -54,10 +54,10 @@ def provision_node(engine: Engine, plan: LabPlan, node: NodePlan, fresh: bool, p
     if files_hash != held:
         dsts = [f.dst.rstrip("/") or "/" for f in node.files]
         gone = [d for d in (state.files if state else []) if d not in dsts]
-        agent.call(engine, plan.lab, node.name, "files-prepare", FilesPrepare(dsts, gone))
+        agent.call(engine, plan.key, node.name, "files-prepare", FilesPrepare(dsts, gone))
         if node.files:
-            engine.put(plan.lab, node.name, "/", nodefiles.archive(list(node.files)))
-        agent.call(engine, plan.lab, node.name, "files-seal", FilesSeal(files_hash, dsts, [f.dst for f in node.files if f.mode == "ro"]))
+            engine.put(plan.key, node.name, "/", nodefiles.archive(list(node.files)))
+        agent.call(engine, plan.key, node.name, "files-seal", FilesSeal(files_hash, dsts, [f.dst for f in node.files if f.mode == "ro"]))
         done.files = "copied" if held is None else "refreshed"
         progress(f"node {node.name}: files {done.files} ({', '.join(dsts) or 'none left'})")
     elif node.files:
@@ -69,7 +69,7 @@ def provision_node(engine: Engine, plan: LabPlan, node: NodePlan, fresh: bool, p
     if not (changed or stopped):
         return done
     request = Startup([StartupCommand(s.cmd, s.service, s.timeout) for s in node.startup], key, commands=changed, restart=changed)
-    result = agent.call(engine, plan.lab, node.name, "startup", request, check=False)
+    result = agent.call(engine, plan.key, node.name, "startup", request, check=False)
     if not result.ok:
         output = (result.output or "").strip()
         if result.index is None:

@@ -11,6 +11,7 @@ import pytest
 
 from labctl import api
 from labctl.engine.docker import DockerEngine
+from labctl.instances import split_key
 
 
 # client - router - server with pool subnets: the lab most engine tests start from.
@@ -50,7 +51,8 @@ def make_lab(tmp_path, engine):
 
     yield make
     for name in names:
-        engine.destroy(name)
+        for key in [k for k in engine.labs() if split_key(k)[0] == name] or [name]:  # every instance of it
+            engine.destroy(key)
 
 
 def lab_objects(engine: DockerEngine, lab: str) -> list[str]:

@@ -48,7 +48,7 @@ def test_nodes_carry_the_labels_the_engine_gives_its_own_nodes():
     services = rendered_teardown()["services"]
     for node in plan.nodes:
         service = services[node.name]
-        assert service["labels"] == {"org.labctl.owner": "labctl", "org.labctl.lab": "teardown", "org.labctl.node": node.name,
+        assert service["labels"] == {"org.labctl.owner": "labctl", "org.labctl.lab": "teardown", "org.labctl.instance": "default", "org.labctl.node": node.name,
                                      "org.labctl.spec": node.spec_hash(IMAGE), "org.labctl.source": plan.source,
                                      "org.labctl.role": node.role}
         assert service["container_name"] == container_name(plan.lab, node.name)

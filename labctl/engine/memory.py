@@ -101,7 +101,7 @@ class MemoryEngine(Engine):
                after: Callable[[DeployReport], None] | None = None) -> DeployReport:
         from .. import nodes as agent
 
-        nodes, links = self._lab(plan.lab)
+        nodes, links = self._lab(plan.key)
         report = DeployReport()
         todo = reconcile.changes(plan, image, {n: Held(l.spec) for n, l in links.items()},
                                  {n: Held(m.spec, m.status == "running", m.links, configured=m.setup is not None
@@ -122,8 +122,8 @@ class MemoryEngine(Engine):
                                               frozenset(i.link for i in node.interfaces), has_agent=node.image is None)
                 made.append(node.name)
                 if node.image:
-                    agent.install_agent(self, plan.lab, node.name)
-                agent.setup(self, plan.lab, node.name, node.setup(image), node.image or image)
+                    agent.install_agent(self, plan.key, node.name)
+                agent.setup(self, plan.key, node.name, node.setup(image), node.image or image)
                 report.created.append(node.name)
             report.fresh.update(n.name for n in todo.new_nodes)
             if after is not None:
@@ -134,13 +134,13 @@ class MemoryEngine(Engine):
             for link in todo.new_links:
                 links.pop(link.name, None)
             if not nodes and not links:
-                self.labs_held.pop(plan.lab, None)
+                self.labs_held.pop(plan.key, None)
             raise
         report.kept.extend([l.name for l in todo.kept_links] + [n.name for n in todo.kept_nodes])
         report.fresh.update(n.name for n in todo.new_nodes)
         if report.changed and todo.kept_nodes:
-            agent.refresh_hosts(self, plan.lab, todo.kept_nodes)
-        self.records[plan.lab] = state_digest({n.name: n.spec_hash(image) for n in plan.nodes},
+            agent.refresh_hosts(self, plan.key, todo.kept_nodes)
+        self.records[plan.key] = state_digest({n.name: n.spec_hash(image) for n in plan.nodes},
                                               {l.name: l.spec_hash() for l in plan.links})
         return report
 

@@ -26,8 +26,8 @@ import yaml
 from ..agent import protocol
 from ..engine.docker import hostfw
 from ..engine.docker.deploy import CAPABILITIES
-from ..engine.docker.labels import (LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, OWNER,
-                                    bridge_name, container_name, helper, network_name)
+from ..engine.docker.labels import (LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, bridge_name, container_name, helper,
+                                    identity, network_name)
 from ..errors import Location, UserError
 from ..nodes import agent_files
 from ..plan import LabPlan, NodePlan
@@ -72,12 +72,12 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
     links = [{
         "name": link.name,
         "key": link.name,
-        "network": network_name(plan.lab, link.name),
-        "bridge": bridge_name(network_name(plan.lab, link.name)),
+        "network": network_name(plan.key, link.name),
+        "bridge": bridge_name(network_name(plan.key, link.name)),
         "subnet": str(link.subnet),
         "gateway": str(link.reserved),
         "endpoints": list(link.endpoints),
-        "labels": {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash()},
+        "labels": {**identity(plan.key), LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash(), LABEL_SOURCE: plan.source},
     } for link in plan.links]
     nodes = [_node_context(plan, node, image) for node in plan.nodes]
     if any(n["name"] == HOST_FIREWALL_SERVICE for n in nodes):
@@ -85,7 +85,7 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
                         hint="rename that node in the lab file")
     return {
         "lab": {"name": plan.lab, "description": description, "source": plan.source, "params": dict(plan.params)},
-        "project": f"labctl-{plan.lab}",
+        "project": f"labctl-{plan.key}",
         "image": image,
         "capabilities": list(CAPABILITIES),
         "links": links,
@@ -109,7 +109,7 @@ def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
     return {
         "name": node.name,
         "service": node.name,
-        "container": container_name(plan.lab, node.name),
+        "container": container_name(plan.key, node.name),
         "hostname": node.name,
         "role": node.role,
         "image": node.image or image,
@@ -119,7 +119,7 @@ def _node_context(plan: LabPlan, node: NodePlan, image: str) -> dict[str, Any]:
         "routes": [{"to": r.to, "via": str(r.via), "dev": r.dev} for r in node.routes],
         "sysctls": dict(node.sysctls),
         # The labels the engine gives its own nodes: the spec hash is what `up` and `run` compare.
-        "labels": {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image),
+        "labels": {**identity(plan.key), LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image),
                    LABEL_SOURCE: plan.source, LABEL_ROLE: node.role},
         "setup": node.setup(image).to_json(),
         "command": ["sh", "-c", STARTUP.format(setup=" ".join(protocol.command_line("setup"))), node.name, setup],

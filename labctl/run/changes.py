@@ -32,7 +32,7 @@ class LabChanges:
     # --- sysctls ---------------------------------------------------------------------
 
     def set_sysctls(self, node: str, values: dict[str, str]) -> dict[str, str]:
-        previous = self.engine.set_sysctls(self.plan.lab, node, values)
+        previous = self.engine.set_sysctls(self.plan.key, node, values)
         saved = self.sysctls_before.setdefault(node, {})
         for key, value in previous.items():
             saved.setdefault(key, value)  # restore the value from before the run, not an intermediate one
@@ -93,7 +93,7 @@ class LabChanges:
                 self.progress(f"could not restore impairments: {exc}")
         for node, previous in self.sysctls_before.items():
             try:
-                self.engine.set_sysctls(self.plan.lab, node, previous)
+                self.engine.set_sysctls(self.plan.key, node, previous)
             except Exception as exc:  # a dead node has nothing to restore
                 self.progress(f"could not restore sysctls on {node}: {exc}")
 

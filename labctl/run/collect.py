@@ -24,7 +24,7 @@ def collect_all(engine: Engine, plan: LabPlan, node_dir: str, rundir: RunDir, pr
     missed: dict[str, str] = {}
     for node in plan.nodes:
         try:
-            collect(engine, plan.lab, node.name, node_dir, rundir)
+            collect(engine, plan.key, node.name, node_dir, rundir)
         except Exception as exc:  # a removed node has nothing to give; the others still do
             missed[node.name] = str(exc)
             progress(f"could not collect from {node.name}: {exc}")

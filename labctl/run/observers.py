@@ -66,7 +66,7 @@ class Observers:
         on the same 4-tuples. Destroyed on every node before any capture starts, since
         destroying a connection sends an RST that the peer's capture would otherwise record."""
         def reset(node) -> None:
-            self.engine.exec(self.plan.lab, node.name, ["ss", "-K", "-t", "state", "all"])
+            self.engine.exec(self.plan.key, node.name, ["ss", "-K", "-t", "state", "all"])
 
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
             list(pool.map(reset, self.plan.nodes))
@@ -92,7 +92,7 @@ class Observers:
         self._clean_slate()
 
         def start(node) -> tuple[str, dict]:
-            session = ActorSession(self.engine, self.plan.lab, node.name, self.actor_config(node),
+            session = ActorSession(self.engine, self.plan.key, node.name, self.actor_config(node),
                                    self.rundir.path / "logs" / f"{node.name}-actor.log", self._actor_event, self.lost)
             self.sessions[node.name] = session
             return node.name, session.wait_ready()

@@ -25,8 +25,9 @@ from ...plan import LabPlan, LinkPlan, NodePlan
 from .. import DeployReport, Progress, reconcile, state_digest
 from ..reconcile import Held
 from .client import PARALLEL, reason
-from .labels import (LABEL_DEPLOY, LABEL_INSTANCE, LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_OWNER, LABEL_ROLE, LABEL_SOURCE,
-                     LABEL_SPEC, LABEL_STATE, OWNER, bridge_name, container_name, network_name, record_name)
+from ...instances import describe, flag
+from .labels import (LABEL_DEPLOY, LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, bridge_name,
+                     container_name, identity, network_name, of_lab, record_name)
 
 if TYPE_CHECKING:
     from . import DockerEngine
@@ -78,10 +79,11 @@ def deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress
 
 def _check_identity(engine: "DockerEngine", plan: LabPlan) -> None:
     """A lab is its name and its source (and instance): another file of the same name is another lab."""
-    others = sorted(s for s in engine.inventory.sources(plan.lab, plan.instance) if s != plan.source)
+    others = sorted(s for s in engine.inventory.sources(plan.key) if s != plan.source)
     if others:
-        raise UserError(f"lab '{plan.lab}' is up from {others[0]}, not from {plan.source or 'this text'}: "
-                        "two lab files have the same name", hint=f"take it down first (labctl down {plan.lab}), or rename one of them")
+        raise UserError(f"lab '{describe(plan.lab, plan.instance)}' is up from {others[0]}, not from {plan.source or 'this text'}: "
+                        "two lab files have the same name",
+                        hint=f"take it down first (labctl down {plan.lab}{flag(plan.instance)}), or rename one of them")
 
 
 class _Cancelled(KeyboardInterrupt):
@@ -116,29 +118,28 @@ def _deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progres
         # a node's setup failed or the user pressed Ctrl-C.
         progress("rolling back what this run created")
         try:
-            remove_objects(engine.api, created + _made_by(engine, plan.lab, token))
+            remove_objects(engine.api, created + _made_by(engine, plan.key, token))
         except docker.errors.APIError:
             if not report.removed:
                 raise
         if report.removed:
             # A reconcile that had removed what it replaces cannot bring it back: the lab goes
             # whole rather than stay half (`up` makes it again from its file).
-            progress(f"removing the rest of lab {plan.lab}: this reconcile had already replaced part of it")
-            destroy(engine, plan.lab)
+            progress(f"removing the rest of lab {describe(plan.lab, plan.instance)}: this reconcile had already replaced part of it")
+            destroy(engine, plan.key)
         raise
     return report
 
 
 def _made_by(engine: "DockerEngine", lab: str, token: str) -> list[tuple[str, str]]:
-    label = {"label": [f"{LABEL_LAB}={lab}", f"{LABEL_DEPLOY}={token}"]}
+    label = {"label": [*of_lab(lab), f"{LABEL_DEPLOY}={token}"]}
     return ([("container", c.id) for c in engine.client.containers.list(all=True, filters=label, ignore_removed=True)]
             + [("network", n.id) for n in engine.client.networks.list(filters=label)]
             + [("volume", v.name) for v in engine.client.volumes.list(filters=label)])
 
 
 def _labels(plan: LabPlan, token: str, **more: str) -> dict[str, str]:
-    return {LABEL_OWNER: OWNER, LABEL_LAB: plan.lab, LABEL_INSTANCE: plan.instance, LABEL_SOURCE: plan.source,
-            LABEL_DEPLOY: token, **more}
+    return {**identity(plan.key), LABEL_SOURCE: plan.source, LABEL_DEPLOY: token, **more}
 
 
 def plan_digest(plan: LabPlan, image: str) -> str:
@@ -148,9 +149,9 @@ def plan_digest(plan: LabPlan, image: str) -> str:
 def _record(engine: "DockerEngine", plan: LabPlan, image: str, token: str, remember: Remember) -> None:
     """The lab is whole: say so on the engine, with the digest of what it holds (see ``recorded``)."""
     digest = plan_digest(plan, image)
-    old = engine.inventory.records(plan.lab)
+    old = engine.inventory.records(plan.key)
     if not any((v.attrs.get("Labels") or {}).get(LABEL_STATE) == digest for v in old):
-        volume = engine.client.volumes.create(record_name(plan.lab, digest), driver="local",
+        volume = engine.client.volumes.create(record_name(plan.key, digest), driver="local",
                                               labels=_labels(plan, token, **{LABEL_STATE: digest}))
         remember("volume", volume.name)
     remove_objects(engine.api, [("volume", v.name) for v in old if (v.attrs.get("Labels") or {}).get(LABEL_STATE) != digest])
@@ -172,8 +173,8 @@ def _health(engine: "DockerEngine", lab: str, node: str, spec: str) -> str | Non
 def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict, dict, dict, dict]:
     """(networks, containers) by link and node name, the same as ``reconcile.Held``, and why
     each unconfigured node is (asked of its agent: present is not healthy)."""
-    networks = {(n.attrs.get("Labels") or {}).get(LABEL_LINK): n for n in engine.inventory.networks(plan.lab)}
-    containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.lab)}
+    networks = {(n.attrs.get("Labels") or {}).get(LABEL_LINK): n for n in engine.inventory.networks(plan.key)}
+    containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.key)}
     link_of = {net.name: name for name, net in networks.items()}
     links = {name: Held((net.attrs.get("Labels") or {}).get(LABEL_SPEC, "")) for name, net in networks.items()}
     wanted = {node.name: node.spec_hash(image) for node in plan.nodes}
@@ -183,7 +184,7 @@ def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict
     problems: dict[str, str] = {}
     if asked:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(asked))) as pool:
-            found = pool.map(lambda name: _health(engine, plan.lab, name, wanted[name]), asked)
+            found = pool.map(lambda name: _health(engine, plan.key, name, wanted[name]), asked)
             problems = {name: why for name, why in zip(asked, found) if why}
     nodes = {}
     for name, ctr in containers.items():
@@ -209,24 +210,24 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
 
     if todo.new_links or todo.new_nodes:
         engine.allow_bridged_frames(image, progress)
-    report.kept.extend(network_name(plan.lab, link.name) for link in todo.kept_links)
+    report.kept.extend(network_name(plan.key, link.name) for link in todo.kept_links)
     for link in todo.new_links:
         progress(f"creating link {link.name} {link.subnet}")
         _create_network(engine, plan, link, remember, token)
-        report.created.append(network_name(plan.lab, link.name))
+        report.created.append(network_name(plan.key, link.name))
 
-    report.kept.extend(container_name(plan.lab, node.name) for node in todo.kept_nodes)
+    report.kept.extend(container_name(plan.key, node.name) for node in todo.kept_nodes)
     if todo.new_nodes:
         _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember, token, cancel)
-        report.created.extend(container_name(plan.lab, node.name) for node in todo.new_nodes)
+        report.created.extend(container_name(plan.key, node.name) for node in todo.new_nodes)
         report.fresh.update(node.name for node in todo.new_nodes)
     if report.changed and todo.kept_nodes:
         # Nodes that stay learn the names of the new ones.
-        agent.refresh_hosts(engine, plan.lab, todo.kept_nodes)
+        agent.refresh_hosts(engine, plan.key, todo.kept_nodes)
 
 
 def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember, token: str) -> None:
-    name = network_name(plan.lab, link.name)
+    name = network_name(plan.key, link.name)
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(link.subnet), gateway=str(link.reserved))])
     labels = _labels(plan, token, **{LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash()})
     try:
@@ -262,11 +263,11 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
     api = engine.api
     first, *rest = node.interfaces
     labels = _labels(plan, token, **{LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image), LABEL_ROLE: node.role})
-    first_network = network_name(plan.lab, first.link)
+    first_network = network_name(plan.key, first.link)
     host_config = api.create_host_config(cap_add=CAPABILITIES, init=True, network_mode=first_network, sysctls=dict(node.sysctls))
     networking = api.create_networking_config({first_network: api.create_endpoint_config(ipv4_address=str(first.address.ip))})
     try:
-        ident = api.create_container(node.image or image, name=container_name(plan.lab, node.name), hostname=node.name,
+        ident = api.create_container(node.image or image, name=container_name(plan.key, node.name), hostname=node.name,
                                      labels=labels, host_config=host_config, networking_config=networking, detach=True,
                                      stop_signal="SIGKILL")["Id"]
     except docker.errors.APIError as exc:
@@ -274,15 +275,15 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
     remember("container", ident)
     try:
         for iface in rest:
-            api.connect_container_to_network(ident, network_name(plan.lab, iface.link), ipv4_address=str(iface.address.ip))
+            api.connect_container_to_network(ident, network_name(plan.key, iface.link), ipv4_address=str(iface.address.ip))
         if node.image:
-            agent.install_agent(engine, plan.lab, node.name)
+            agent.install_agent(engine, plan.key, node.name)
         api.start(ident)
     except docker.errors.APIError as exc:
         raise EngineError(f"cannot start node {node.name}: {reason(exc)}") from None
     if cancel.is_set():
         raise _Cancelled
-    agent.setup(engine, plan.lab, node.name, node.setup(image), node.image or image)
+    agent.setup(engine, plan.key, node.name, node.setup(image), node.image or image)
 
 
 def _wait_gone(api, ident: str, timeout: float = 30.0) -> None:

@@ -1,4 +1,7 @@
-"""What the engine holds for labctl, read from labels: labs, their nodes and links."""
+"""What the engine holds for labctl, read from labels: labs, their nodes and links.
+
+A lab here is a lab instance's key (``labctl.instances.lab_key``): ``teardown``, ``teardown.a``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import docker
 
 from ...errors import EngineError, UserError
 from .. import LinkState, NodeState
-from .labels import LABEL_LAB, LABEL_LINK, LABEL_NODE, LABEL_INSTANCE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, of_lab
+from .labels import LABEL_LINK, LABEL_NODE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, key_of, of_lab
 
 
 class Inventory:
@@ -29,19 +32,18 @@ class Inventory:
     def recorded(self, lab: str) -> set[str]:
         return {(v.attrs.get("Labels") or {}).get(LABEL_STATE, "") for v in self.records(lab)}
 
-    def sources(self, lab: str, instance: str) -> set[str]:
-        """The lab files this lab instance's objects say they came from. Objects made before labs had
-        an identity (no instance label) say nothing: a reconcile replaces them anyway."""
+    def sources(self, lab: str) -> set[str]:
+        """The lab files this lab instance's objects say they came from."""
         labels = [c.labels or {} for c in self.containers(lab)]
         labels += [n.attrs.get("Labels") or {} for n in self.networks(lab)]
         labels += [v.attrs.get("Labels") or {} for v in self.records(lab)]
-        return {l.get(LABEL_SOURCE, "") for l in labels if l.get(LABEL_INSTANCE) == instance}
+        return {l.get(LABEL_SOURCE, "") for l in labels}
 
     def subnets_in_use(self, exclude_lab: str | None = None) -> Mapping[IPv4Network, str]:
         used: dict[IPv4Network, str] = {}
         for net in self.client.networks.list():
             labels = net.attrs.get("Labels") or {}
-            if exclude_lab and labels.get(LABEL_LAB) == exclude_lab:
+            if exclude_lab and key_of(labels) == exclude_lab:
                 continue
             for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
                 subnet = pool.get("Subnet", "")
@@ -50,9 +52,9 @@ class Inventory:
         return used
 
     def labs(self) -> list[str]:
-        names = {c.labels.get(LABEL_LAB) for c in self.containers(None)}
-        names |= {(n.attrs.get("Labels") or {}).get(LABEL_LAB) for n in self.networks(None)}
-        names |= {(v.attrs.get("Labels") or {}).get(LABEL_LAB) for v in self.records(None)}
+        names = {key_of(c.labels or {}) for c in self.containers(None)}
+        names |= {key_of(n.attrs.get("Labels") or {}) for n in self.networks(None)}
+        names |= {key_of(v.attrs.get("Labels") or {}) for v in self.records(None)}
         return sorted(n for n in names if n and not n.startswith("__"))
 
     def nodes(self, lab: str) -> list[NodeState]:
@@ -71,7 +73,7 @@ class Inventory:
         return sorted(result, key=lambda l: l.link)
 
     def container_id(self, lab: str, node: str, running: bool = True) -> str:
-        found = self.client.containers.list(all=True, filters={"label": [f"{LABEL_LAB}={lab}", f"{LABEL_NODE}={node}"]})
+        found = self.client.containers.list(all=True, filters={"label": [*of_lab(lab), f"{LABEL_NODE}={node}"]})
         if not found:
             raise UserError(f"lab '{lab}' has no node '{node}' up", hint=f"see `labctl status {lab}`")
         if running and found[0].status != "running":

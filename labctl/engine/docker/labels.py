@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ...instances import split_key
+
 OWNER = "labctl"
 LABEL_OWNER = "org.labctl.owner"
 LABEL_LAB = "org.labctl.lab"
@@ -27,25 +29,46 @@ HELPER_LABS = {"host-firewall": "__host__", "sysctl": "__helper__", "probe": "__
 BRIDGE_PREFIX = "lcbr-"
 
 
-def container_name(lab: str, node: str) -> str:
-    return f"labctl-{lab}-{node}"
+# Names are made from a lab instance's key (``labctl.instances.lab_key``): the lab's name for the
+# default instance, LAB.INSTANCE for another, so no two instances' objects share a name.
+
+def container_name(key: str, node: str) -> str:
+    return f"labctl-{key}-{node}"
 
 
-def network_name(lab: str, link: str) -> str:
-    return f"labctl-{lab}-{link}"
+def network_name(key: str, link: str) -> str:
+    return f"labctl-{key}-{link}"
 
 
-def record_name(lab: str, digest: str) -> str:
-    return f"labctl-{lab}-record-{digest}"
+def record_name(key: str, digest: str) -> str:
+    return f"labctl-{key}-record-{digest}"
 
 
 def bridge_name(network: str) -> str:
+    """A Linux bridge's name (at most 15 bytes) for a network name: unique as the network name is."""
     return BRIDGE_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:10]
 
 
-def of_lab(lab: str | None) -> str:
-    """The label filter for a lab's objects (every labctl object when None)."""
-    return f"{LABEL_LAB}={lab}" if lab else f"{LABEL_OWNER}={OWNER}"
+def of_lab(key: str | None) -> list[str]:
+    """The label filter for a lab instance's objects (every labctl object when None)."""
+    if not key:
+        return [f"{LABEL_OWNER}={OWNER}"]
+    lab, instance = split_key(key)
+    return [f"{LABEL_LAB}={lab}", f"{LABEL_INSTANCE}={instance}"]
+
+
+def identity(key: str) -> dict[str, str]:
+    """The labels that say which lab instance an object belongs to."""
+    lab, instance = split_key(key)
+    return {LABEL_OWNER: OWNER, LABEL_LAB: lab, LABEL_INSTANCE: instance}
+
+
+def key_of(labels: dict[str, str]) -> str | None:
+    """The key of the lab instance an object's labels name (None: not a lab's)."""
+    from ...instances import DEFAULT_INSTANCE, lab_key
+
+    lab = labels.get(LABEL_LAB)
+    return lab_key(lab, labels.get(LABEL_INSTANCE) or DEFAULT_INSTANCE) if lab else None
 
 
 def helper(role: str) -> dict[str, str]:
