@@ -402,13 +402,22 @@ def _judge_step(view: RunView, spec: dict) -> Verdict:
     if spec.get("max_seconds") is not None:
         checks.append(f"takes <= {spec['max_seconds']} s")
         passed &= took is not None and took <= spec["max_seconds"]
-    observed = ("ok" if record.get("ok") else f"failed: {record.get('errno') or ''} {record.get('error') or ''}".strip())
+    observed = "ok" if record.get("ok") else _call_error(record)
     if result.get("returned") is not None:
         observed += f", returned {result['returned']}"
     if took is not None:
         observed += f", took {took:.3f} s"
     return _verdict(f"step {spec['step']} ({record.get('kind')}) " + ", ".join(checks), passed, ", ".join(checks), observed,
                     [_step_evidence(record)], details={"took": took})
+
+
+def _call_error(record: dict) -> str:
+    """How a call that raised reads: "EADDRINUSE ([Errno 98] bind: Address already in use)". Not
+    "failed: ...": an expectation may want exactly that error, and then its row says ok."""
+    errno, error = record.get("errno"), str(record.get("error") or "").strip()
+    if errno and error and error.lower() != str(errno).lower():
+        return f"{errno} ({error})"
+    return str(errno or error or "error, not said which")
 
 
 def _step_evidence(record: dict) -> StepRef:
