@@ -153,13 +153,14 @@ INSTANCE_OPT = typer.Option(None, "--instance", help="Which isolated copy of the
 @contextmanager
 def progress_shown(enabled: bool = True) -> Iterator:
     """A spinner with the latest step; each step is also kept as a dim line on stderr."""
+    # Messages are plain text: "fin-to-closed[method=kill]" must not be taken for markup and vanish.
     if not enabled or not err.is_terminal:
-        yield (lambda message: err.print(f"[dim]· {message}[/dim]", highlight=False)) if enabled else (lambda _: None)
+        yield (lambda message: err.print(f"[dim]· {escape(message)}[/dim]", highlight=False)) if enabled else (lambda _: None)
         return
     with err.status("working") as status:
         def show(message: str) -> None:
-            err.print(f"[dim]· {message}[/dim]", highlight=False)
-            status.update(message)
+            err.print(f"[dim]· {escape(message)}[/dim]", highlight=False)
+            status.update(escape(message))
         yield show
 
 

@@ -158,3 +158,20 @@ def test_status_and_doctor_on_a_running_lab(engine, node_image, make_lab):
     doctor = run_cli("doctor", "--json")
     assert doctor.returncode == 0, doctor.stderr
     assert json.loads(doctor.stdout)[0]["name"] == "engine"
+
+
+def test_progress_lines_are_plain_text_not_markup(monkeypatch):
+    """A matrix point reads "fin-to-closed[method=kill]": rich must not take the brackets for a tag."""
+    import io
+
+    from rich.console import Console
+
+    from labctl import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=buffer, force_terminal=False, width=200))
+    with cli.progress_shown() as progress:
+        progress("running fin-to-closed[method=kill]")
+        progress("[bold]not bold[/bold]")
+    assert "running fin-to-closed[method=kill]" in buffer.getvalue()
+    assert "[bold]not bold[/bold]" in buffer.getvalue()
