@@ -323,6 +323,13 @@ def damage_plans(draw):
     return plans
 
 
+def _json_or_none(data: bytes):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def apply(run: Path, plan) -> None:
     for name, kind, n, path, odd, junk in plan:
         target = run / name
@@ -335,12 +342,14 @@ def apply(run: Path, plan) -> None:
             i = n % len(data)
             target.write_bytes(data[:i] + (junk or b"\xff") + data[i + 1:])
         elif kind == "json" and name.endswith(".json"):
-            target.write_text(json.dumps(mutate_json(json.loads(data), path, odd)))
+            if (whole := _json_or_none(data)) is not None:  # an earlier step of the plan may have broken it already
+                target.write_text(json.dumps(mutate_json(whole, path, odd)))
         elif kind == "line" and name.endswith(".jsonl") and data:
             content = data.splitlines(keepends=True)
             i = n % len(content)
-            content[i] = (json.dumps(mutate_json(json.loads(content[i]), path, odd)) + "\n").encode()
-            target.write_bytes(b"".join(content))
+            if (line := _json_or_none(content[i])) is not None:
+                content[i] = (json.dumps(mutate_json(line, path, odd)) + "\n").encode()
+                target.write_bytes(b"".join(content))
         elif kind == "delete":
             target.unlink()
         elif kind == "dir":
