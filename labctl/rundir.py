@@ -11,8 +11,10 @@ Layout (``results/<lab>/<run-id>/``)::
     pcaps/          one capture per node and interface
     logs/           agent logs per node; <node>-queue.json: what its rule engine was given
 
-Files are written once (JSON atomically, JSONL appended line by line and
-flushed), and a run directory is never reused: a new run gets a new id.
+Files are written once and whole (JSON and captures to a temporary name, synced, renamed;
+JSONL one whole line per write, a failed write cut back), and a run directory is never
+reused: a new run gets a new id. A reader still meets damage (a killed writer, a disk
+that filled, a file edited later): everything is read through the checked readers below.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -324,10 +327,22 @@ def read_run(run_dir: Path, damage: list[Damage] | None = None) -> dict:
 
 
 class RunDir:
+    """A run directory being written.
+
+    Every file is whole or absent: JSON and captures are written to a temporary name, synced
+    and renamed; a JSONL record is one write of one whole line, and a write that fails part-way
+    (a full disk) is cut back to the line before it. A write that fails does not raise out of
+    an observer's thread: the first failure is kept in ``failure`` for the run to act on, and
+    ``RESERVE`` bytes set aside when the directory was made are given back when run.json or
+    verdicts.json does not fit, so that run.json can still say how the run ended."""
+
+    RESERVE = 256 * 1024  # room for the last run.json and verdicts.json on a full disk
+
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
-        self._files: dict[str, Any] = {}
+        self._files: dict[str, int] = {}
+        self.failure: tuple[str, OSError] | None = None  # the first write that failed: (file, why)
 
     @classmethod
     def create(cls, lab: str, label: str, root: Path | None = None) -> "RunDir":
@@ -336,24 +351,97 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=False)
         (path / "pcaps").mkdir()
         (path / "logs").mkdir()
-        return cls(path)
+        rundir = cls(path)
+        try:
+            write_bytes(path / RESERVE_FILE, bytes(cls.RESERVE))
+        except OSError:
+            pass  # no room even for the reserve: the first write will say so
+        return rundir
 
-    def append(self, name: str, record: dict) -> None:
+    def _failed(self, name: str, exc: OSError) -> None:
         with self._lock:
-            fh = self._files.get(name)
-            if fh is None:
-                fh = self._files[name] = open(self.path / name, "a")
-            fh.write(json.dumps(record, default=str) + "\n")
-            fh.flush()
+            if self.failure is None:
+                self.failure = (name, exc)
+
+    def release_reserve(self) -> None:
+        try:
+            (self.path / RESERVE_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def append(self, name: str, record: dict) -> bool:
+        """One record, as one whole line; False (and ``failure`` set) when it could not be written."""
+        line = (json.dumps(record, default=str) + "\n").encode()
+        with self._lock:
+            fd = self._files.get(name)
+            try:
+                if fd is None:
+                    fd = self._files[name] = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                end = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    done = 0
+                    while done < len(line):
+                        done += os.write(fd, line[done:])
+                except OSError:
+                    os.ftruncate(fd, end)  # no torn line is left behind
+                    raise
+            except OSError as exc:
+                failed = exc
+            else:
+                return True
+        self._failed(name, failed)
+        return False
 
     def write(self, name: str, data: Any) -> None:
-        write_json(self.path / name, data)
+        """A JSON file, atomically and on disk. On a full disk the reserve is given back and it is tried once more."""
+        try:
+            write_json(self.path / name, data)
+        except OSError as exc:
+            self._failed(name, exc)
+            self.release_reserve()  # kept until now: captures written after the disk filled must not take it
+            write_json(self.path / name, data)  # raises when even the reserve did not make room
+
+    def write_bytes(self, name: str, data: bytes) -> bool:
+        """A capture or a log, whole or not at all; False (and ``failure`` set) when it could not be written."""
+        try:
+            write_bytes(self.path / name, data)
+        except OSError as exc:
+            self._failed(name, exc)
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:
-            for fh in self._files.values():
-                fh.close()
+            for name, fd in self._files.items():
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    if self.failure is None:
+                        self.failure = (name, exc)
+                os.close(fd)
             self._files.clear()
+        self.release_reserve()
+
+
+RESERVE_FILE = ".reserve"
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Whole or not at all: a temporary file beside it, synced, then renamed over the name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def latest_run(lab: str, root: Path | None = None) -> Path | None:

@@ -42,7 +42,7 @@ def collect(engine: Engine, lab: str, node: str, node_dir: str, rundir: RunDir) 
             name = member.name.split("/", 1)[1] if "/" in member.name else member.name
             data = tar.extractfile(member).read()
             if name.startswith("pcaps/"):
-                (rundir.path / name).write_bytes(data)
+                rundir.write_bytes(name, data)  # whole or absent; a full disk is rundir.failure
             elif name == "states.jsonl":
                 for record in _lines(data):
                     rundir.append(name, {**record, "node": node, "source": "sample"})
@@ -50,7 +50,7 @@ def collect(engine: Engine, lab: str, node: str, node_dir: str, rundir: RunDir) 
                 for record in _lines(data):
                     rundir.append(name, {**record, "node": node})
             else:
-                (rundir.path / "logs" / f"{node}-{Path(name).name}").write_bytes(data)
+                rundir.write_bytes(f"logs/{node}-{Path(name).name}", data)
     try:
         engine.exec(lab, node, ["rm", "-rf", node_dir])
     except Exception:

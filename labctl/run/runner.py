@@ -20,6 +20,7 @@ from .. import __version__
 from ..analyze.results import Verdict
 from ..analyze.verdicts import judge
 from ..engine import Engine
+from ..errors import UserError
 from ..impairments import in_force
 from ..loader import LoadedLab, LoadedScenario
 from ..plan import LabPlan
@@ -44,6 +45,10 @@ class RunResult:
     @property
     def passed(self) -> bool:
         return self.status == "complete" and all(v.passed for v in self.verdicts)
+
+
+class ResultsUnwritable(UserError):
+    """The results directory stopped taking writes during a run (a full disk, a quota, an I/O error)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -107,7 +112,7 @@ class ScenarioRun:
     def execute(self) -> RunResult:
         started = time.time()
         observers: dict[str, Any] = {}
-        self.rundir.write("run.json", self._metadata("running", started, None, None, observers))
+        self._mark("running", started, None, None, observers)
         status, reason, interrupted = "complete", None, False
         try:
             ready = self.observers.start(observers)
@@ -115,6 +120,8 @@ class ScenarioRun:
                 self.changes.record_impairment(direction, "in force at start", time.time())
             for index, step in enumerate(self.one.scenario.steps):
                 self.steps.run(index, step)
+                if self.rundir.failure:
+                    break  # the results directory stopped taking what the run records: no use going on
         except KeyboardInterrupt:
             status, reason, interrupted = "incomplete", "interrupted (Ctrl-C)", True
         except NodeLost as exc:
@@ -122,20 +129,49 @@ class ScenarioRun:
         except Exception as exc:
             status, reason = "incomplete", f"{type(exc).__name__}: {exc}"
             self._finish(observers)
-            self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
+            self._mark(status, started, time.time(), self._unwritten() or reason, observers)
             raise
         try:
             self._finish(observers)
         except KeyboardInterrupt:
             status, reason, interrupted = "incomplete", "interrupted (Ctrl-C) while collecting", True
-        self.rundir.write("run.json", self._metadata(status, started, time.time(), reason, observers))
+        full = self._unwritten()
+        if full:
+            status, reason = "incomplete", full
+        self._mark(status, started, time.time(), reason, observers)
         self.rundir.close()
         verdicts = judge(self.rundir.path)
-        self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": [v.to_json() for v in verdicts]})
+        try:
+            self.rundir.write("verdicts.json", {"schema_version": RUN_SCHEMA_VERSION, "verdicts": [v.to_json() for v in verdicts]})
+        except OSError:
+            if not full:
+                raise
         result = RunResult(self.rundir.path, self.one.label, status, verdicts)
+        if full:
+            raise ResultsUnwritable(f"{full}: {self.rundir.path} is marked incomplete and keeps what was written",
+                                    hint="free some space (or give --results another directory) and run again")
         if interrupted:
             raise RunInterrupted(result)  # Ctrl-C ends the whole `run`, not only this scenario
         return result
+
+    def _unwritten(self) -> str | None:
+        """Why the run directory stopped taking writes (a full disk), in words; None when it did not."""
+        if self.rundir.failure is None:
+            return None
+        name, exc = self.rundir.failure
+        return (f"the results directory {self.rundir.path.parent.parent} could not be written during the run "
+                f"({exc.strerror or exc}, writing {name})")
+
+    def _mark(self, status: str, started: float, ended: float | None, reason: str | None, observers: dict) -> None:
+        """run.json; when even the space the run directory reserved did not make room, say so and stop."""
+        try:
+            self.rundir.write("run.json", self._metadata(status, started, ended, reason, observers))
+        except OSError as exc:
+            said = "running" if ended is not None else "nothing"
+            cause = self._unwritten() or f"the results directory could not be written ({exc.strerror or exc})"
+            raise ResultsUnwritable(f"{cause}, and {self.rundir.path / 'run.json'} could not be written "
+                                    f"({exc.strerror or exc}): it still says {said}",
+                                    hint="free some space (or give --results another directory) and run again") from None
 
     def _finish(self, observers: dict) -> None:
         """Stop observing, put the lab back as it was, then copy out what the nodes recorded."""
