@@ -208,13 +208,14 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
         remove_objects(engine.api, [("network", networks[name].id)])
         report.removed.append(networks[name].name)
 
-    if todo.new_links or todo.new_nodes:
-        engine.allow_bridged_frames(image, progress)
     report.kept.extend(network_name(plan.key, link.name) for link in todo.kept_links)
     for link in todo.new_links:
         progress(f"creating link {link.name} {link.subnet}")
         _create_network(engine, plan, link, remember, token)
         report.created.append(network_name(plan.key, link.name))
+    if todo.new_links or todo.new_nodes:
+        # Once the networks exist: Docker has put their isolation drops on top (see hostfw).
+        engine.allow_bridged_frames(image, progress)
 
     report.kept.extend(container_name(plan.key, node.name) for node in todo.kept_nodes)
     if todo.new_nodes:
