@@ -21,6 +21,7 @@ from .instances import DEFAULT_INSTANCE, check_instance, flag, lab_key, split_ke
 from .instances import describe as describe_instance
 from .loader import LoadedLab, available_labs, load_lab
 from .plan import LabPlan, plan_lab
+from .remap import remap_lab, remap_scenario
 
 Progress = Callable[[str], None]
 
@@ -66,10 +67,26 @@ def up(ref: str | Path, params: Mapping[str, str] | None = None, *, engine: Engi
     engine = engine or default_engine()
     image = engine.ensure_image(offline=offline, progress=progress)
     with lab_lock(engine, loaded.lab.name, instance, wait=wait, progress=progress):
-        plan = _with_packages(engine, loaded, _plan_on(engine, loaded, instance), image.tag, progress)
-        report = _deploy(engine, plan, image.tag, progress)
+        plan, report = _plan_and_deploy(engine, loaded, instance, image.tag, progress)
         impaired = _apply_lab_impairments(engine, plan, report, progress)
     return UpResult(plan, report, image, time.monotonic() - started, impaired)
+
+
+ALLOCATION_LOCK = "__subnets__"  # not a lab name (those start with a letter): the engine's subnets
+
+
+def _plan_and_deploy(engine: Engine, loaded: LoadedLab, instance: str, image: str,
+                     progress: Progress | None) -> tuple[LabPlan, DeployReport]:
+    """Plan the lab instance on this engine and deploy it, holding the engine's allocation lock
+    from reading which subnets are free to creating its networks: two instances (or labs)
+    coming up at once never both take the same free subnet."""
+    from .locking import lab_lock as lock
+
+    if any(loaded.lab.node_packages(name) for name in loaded.lab.nodes):
+        _with_packages(engine, loaded, plan_lab(loaded, {}), image, progress)  # image variants first, outside the lock
+    with lock(engine.ident, ALLOCATION_LOCK, wait=True, notify=progress):
+        plan = _with_packages(engine, loaded, _plan_on(engine, loaded, instance), image, progress)
+        return plan, _deploy(engine, plan, image, progress)
 
 
 def _deploy(engine: Engine, plan: LabPlan, image: str, progress: Progress | None) -> DeployReport:
@@ -140,8 +157,11 @@ def run(ref: str | Path, scenarios: Sequence[str] = (), params: Mapping[str, str
     image = engine.ensure_image(progress=progress)
     # One run at a time per lab instance: another's socket clean-up or reconcile would cut this one's connections.
     with lab_lock(engine, loaded.lab.name, instance, wait=wait, progress=progress):
-        plan = _with_packages(engine, loaded, _plan_on(engine, loaded, instance), image.tag, progress)
-        _apply_lab_impairments(engine, plan, _deploy(engine, plan, image.tag, progress), progress)
+        plan, report = _plan_and_deploy(engine, loaded, instance, image.tag, progress)
+        _apply_lab_impairments(engine, plan, report, progress)
+        # An instance that holds the lab file's fixed subnets elsewhere: its scenarios' addresses move too.
+        loaded = remap_lab(loaded, plan.remap)
+        chosen = [remap_scenario(one, plan.remap) for one in chosen]
         results = []
         for one in chosen:
             if progress:

@@ -20,6 +20,7 @@ from .instances import DEFAULT_INSTANCE, lab_key
 from .loader import LoadedLab, forwarding_paths, gateway_address
 from .model import Lab
 from .nodefiles import FileSource, resolve_source
+from .remap import SubnetRemap, allocate, fixed_subnets, remap_lab
 
 DEFAULT_POOL = IPv4Network("10.250.0.0/16")
 POOL_PREFIX = 24
@@ -119,6 +120,7 @@ class LabPlan:
     nodes: tuple[NodePlan, ...]
     params: Mapping[str, str] = field(default_factory=dict)
     instance: str = DEFAULT_INSTANCE  # one lab up several times at once: which copy (its identity: lab, source, instance)
+    remap: SubnetRemap = SubnetRemap()  # where this instance holds the lab file's fixed subnets (none for the default)
 
     @property
     def key(self) -> str:
@@ -154,9 +156,15 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
     ``current``: the subnets this lab's links hold now. A link without a fixed subnet keeps its
     own while it is free, so the plan of a running lab says what its nodes really have, even
     after the networks that shaped its allocation are gone.
+
+    ``instance``: any but the default has the lab file's fixed subnets moved to free ones of
+    its own, and every address in them with them (``labctl.remap``): the plan then speaks of
+    the moved ones only, and says where each went (``remap``).
     """
-    lab = loaded.lab
     in_use = dict(in_use or {})
+    remap = _remap(loaded, instance, in_use, current or {})
+    loaded = remap_lab(loaded, remap)
+    lab = loaded.lab
     subnets = _assign_subnets(loaded, in_use, current or {})
     addresses = _assign_addresses(loaded, subnets)
     links = tuple(
@@ -166,7 +174,19 @@ def plan_lab(loaded: LoadedLab, in_use: Mapping[IPv4Network, str] | None = None,
     _check_no_route_to_bridges(loaded, links)
     nodes = tuple(_plan_node(lab, name, subnets, addresses, _node_files(loaded, name)) for name in lab.nodes)
     # The source is part of the lab's identity on the engine: the same file from any directory.
-    return LabPlan(lab.name, str(loaded.path.resolve()) if loaded.path else "", links, nodes, dict(loaded.params), instance)
+    return LabPlan(lab.name, str(loaded.path.resolve()) if loaded.path else "", links, nodes, dict(loaded.params), instance, remap)
+
+
+def _remap(loaded: LoadedLab, instance: str, in_use: Mapping[IPv4Network, str], current: Mapping[str, IPv4Network]) -> SubnetRemap:
+    """Where a non-default instance holds the lab file's fixed subnets: never on another network's,
+    nor on the lab file's own (they stay free for the default instance)."""
+    fixed = fixed_subnets(loaded.lab)
+    held = {link.subnet: current[link.name] for link in loaded.lab.links if link.subnet is not None and link.name in current}
+    try:
+        return allocate(instance, fixed, [*in_use, *fixed], subnet_pool(loaded.lab), held)
+    except LookupError as exc:
+        raise loaded.error(("links",), f"instance '{instance}': {exc}",
+                           hint="set subnet_pool: in the lab or LABCTL_SUBNET_POOL, or take instances down") from None
 
 
 def _check_no_route_to_bridges(loaded: LoadedLab, links: tuple[LinkPlan, ...]) -> None:

@@ -251,7 +251,7 @@ def read_jsonl(path: Path, damage: list[Damage] | None = None) -> Iterator[dict]
 # run.json: the fields analysis and reports use, and their types. A value of another type is
 # dropped (with a note) as if it had not been written; everything else in the file is kept.
 RUN_FIELDS: dict[str, tuple] = {
-    "schema_version": (int,), "labctl_version": _OPT_TEXT, "lab": _OPT_TEXT, "lab_source": _OPT_TEXT, "scenario": _OPT_TEXT,
+    "schema_version": (int,), "labctl_version": _OPT_TEXT, "lab": _OPT_TEXT, "lab_source": _OPT_TEXT, "instance": _OPT_TEXT, "remap": (dict,), "scenario": _OPT_TEXT,
     "label": _OPT_TEXT, "description": _OPT_TEXT, "status": _OPT_TEXT, "reason": _OPT_TEXT, "started": _OPT_NUMBER,
     "ended": _OPT_NUMBER, "engine": _OPT_TEXT, "image": _OPT_TEXT, "params": (dict,), "matrix_point": (dict,), "host": (dict,),
     "observers": (dict,), "nodes": (dict,), "links": (dict,), "steps": (list,), "expect": (list,), "impairments": (list,),

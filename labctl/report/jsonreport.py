@@ -32,7 +32,8 @@ def report_json(report: Report) -> dict:
         "kind": "run",
         "generator": generator(),
         "run": {
-            "dir": str(report.run_dir), "lab": run.get("lab"), "scenario": run.get("scenario"), "label": run.get("label"),
+            "dir": str(report.run_dir), "lab": run.get("lab"), "instance": run.get("instance") or "default",
+            "remap": {str(k): str(v) for k, v in (run.get("remap") or {}).items()}, "scenario": run.get("scenario"), "label": run.get("label"),
             "description": run.get("description") or "", "status": run.get("status"), "reason": run.get("reason"),
             "params": run.get("params") or {}, "started": run.get("started"), "ended": run.get("ended"),
             "run_schema_version": run.get("schema_version"), "labctl_version": run.get("labctl_version"),

@@ -86,6 +86,10 @@ class ScenarioRun:
             "labctl_version": __version__,
             "lab": self.plan.lab,
             "lab_source": self.plan.source,
+            # Which copy of the lab ran it, and where it held the lab file's fixed subnets (steps,
+            # expectations, nodes and links below speak of the moved ones, as the captures do).
+            "instance": self.plan.instance,
+            "remap": self.plan.remap.to_json()["subnets"],
             "scenario": self.one.scenario.name,
             "label": self.one.label,
             "description": self.one.scenario.description,
