@@ -92,6 +92,20 @@ def test_the_host_firewall_service_runs_the_agents_rule_on_the_host_network_befo
         assert services[name]["depends_on"] == {compose.HOST_FIREWALL_SERVICE: {"condition": "service_completed_successfully"}}
 
 
+def test_the_labs_record_is_declared_as_the_engine_would_make_it():
+    """Compose owns the record volume, so its `down -v` removes it; labctl finds it as its own."""
+    from labctl.engine.docker.deploy import _labels, plan_digest
+    from labctl.engine.docker.labels import LABEL_DEPLOY, LABEL_STATE, record_name
+
+    plan = plan_lab(load_lab("teardown"), {})
+    [(key, volume)] = rendered_teardown()["volumes"].items()
+    digest = plan_digest(plan, IMAGE)
+    assert volume["name"] == record_name(plan.key, digest)
+    engine_labels = _labels(plan, "token", **{LABEL_STATE: digest})
+    del engine_labels[LABEL_DEPLOY]  # which deploy made it: none of labctl's
+    assert volume["labels"] == engine_labels
+
+
 def test_dollars_in_values_reach_the_container_literally():
     assert compose.quote("a$b") == '"a$$b"'
     assert yaml.safe_load(compose.quote({"k": ["$x", 1]})) == {"k": ["$$x", 1]}
@@ -274,6 +288,37 @@ def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node
     assert down.returncode == 0, down.stderr
     assert lab_objects(engine, "teardown") == []
     assert engine.client.containers.list(all=True, filters={"label": "com.docker.compose.project=labctl-teardown"}) == []
+
+
+@pytest.mark.engine
+def test_compose_down_v_removes_everything_the_export_made_after_labctl_used_the_lab(engine, node_image, make_lab, tmp_path):
+    directory = make_lab("""
+nodes:
+  a: {}
+  b: {}
+links:
+  - {name: net, endpoints: [a, b]}
+""")
+    name = directory.name
+    project = tmp_path / "compose"
+    exported = run_cli("export", "compose", str(directory), "-o", str(project))
+    assert exported.returncode == 0, exported.stderr
+    label = {"label": f"org.labctl.lab={name}"}
+    try:
+        up = _compose(project, "up", "-d")
+        assert up.returncode == 0, up.stderr
+        _wait_healthy(engine, name, 2)
+        # labctl uses the lab as its own: up finds it whole (the record Compose made is the one it would make)
+        again = run_cli("up", str(directory), "--json")
+        assert again.returncode == 0, again.stderr
+        [record] = engine.client.volumes.list(filters=label)
+        assert record.attrs["Labels"]["com.docker.compose.project"] == f"labctl-{name}"
+        [state] = api.status(directory, engine=engine)
+        assert state.health == "healthy", state.problems
+    finally:
+        down = _compose(project, "down", "-v")  # as the README and compose.yaml say
+    assert down.returncode == 0, down.stderr
+    assert lab_objects(engine, name) == [] and engine.client.volumes.list(filters=label) == []
 
 
 @pytest.mark.engine

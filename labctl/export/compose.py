@@ -25,9 +25,9 @@ import yaml
 
 from ..agent import protocol
 from ..engine.docker import hostfw
-from ..engine.docker.deploy import CAPABILITIES
-from ..engine.docker.labels import (LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, bridge_name, container_name, helper,
-                                    identity, network_name)
+from ..engine.docker.deploy import CAPABILITIES, plan_digest
+from ..engine.docker.labels import (LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, bridge_name, container_name,
+                                    helper, identity, network_name, record_name)
 from ..errors import Location, UserError
 from ..nodes import agent_files
 from ..plan import LabPlan, NodePlan
@@ -80,6 +80,7 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
         "labels": {**identity(plan.key), LABEL_LINK: link.name, LABEL_SPEC: link.spec_hash(), LABEL_SOURCE: plan.source},
     } for link in plan.links]
     nodes = [_node_context(plan, node, image) for node in plan.nodes]
+    digest = plan_digest(plan, image)
     if any(n["name"] == HOST_FIREWALL_SERVICE for n in nodes):
         raise UserError(f"a node is called {HOST_FIREWALL_SERVICE}, the name of the exported host firewall service",
                         hint="rename that node in the lab file")
@@ -100,6 +101,10 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
             "labels": helper("host-firewall"),
         },
         "ready_file": READY_FILE,
+        # The record labctl's engine keeps of a complete deploy (a volume with labels, no data), declared
+        # here so that Compose owns it: `docker-compose down -v` removes it with the rest.
+        "record": {"key": "labctl-record", "name": record_name(plan.key, digest),
+                   "labels": {**identity(plan.key), LABEL_SOURCE: plan.source, LABEL_STATE: digest}},
     }
 
 
