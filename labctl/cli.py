@@ -759,6 +759,8 @@ def export_pcapng(run: str = typer.Argument(..., help="A run directory, or a lab
         target = Path(output) if output else Path(f"{Path(summary['run_dir']).name}.pcapng")
         Path(part.name).replace(target)
         err.print(f"wrote {escape(str(target))}: {summary['packets']} packet(s) from {', '.join(summary['interfaces'])}", highlight=False)
+    for problem in summary.get("damage", []):
+        err.print(f"note: {escape(problem)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -95,3 +96,22 @@ def test_the_command_writes_a_file_or_a_pipe_for_a_lab_latest_run(run_dir, tmp_p
 def test_a_directory_without_runs_is_a_usage_error(tmp_path):
     result = run_cli("export", "pcapng", str(tmp_path))
     assert result.returncode == 2 and "not a run directory" in result.stderr
+
+
+def test_damaged_captures_give_what_is_whole_and_say_what_is_not(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "runs" / "lost-final-ack", run)
+    (run / "pcaps" / "client-left.pcap").write_bytes(b"GARBAGE!" * 100)
+    data = (run / "pcaps" / "router-left.pcap").read_bytes()
+    first = 24 + 16 + struct.unpack_from("<I", data, 32)[0]
+    (run / "pcaps" / "router-left.pcap").write_bytes(data[:first] + b"\xff" * 16 + data[first:])
+    target = tmp_path / "out.pcapng"
+    result = run_cli("export", "pcapng", str(run), "-o", str(target))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: pcaps/client-left.pcap: it is not a pcap file (its first bytes are not a pcap magic number): garbage or another format",
+                     "note: pcaps/router-left.pcap: packet 2 (at byte 114) is damaged (its record header is garbage): the one whole "
+                     "packet before it is read, the last 767 bytes are not"]
+    whole = sum(len(list(dpkt.pcap.Reader(open(run / "pcaps" / name, "rb")))) for name in ("router-right.pcap", "server-right.pcap"))
+    with open(target, "rb") as fh:
+        assert len(list(dpkt.pcapng.Reader(fh))) == whole + 1  # the other two captures, and router-left's first packet

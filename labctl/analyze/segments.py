@@ -90,8 +90,8 @@ def read_capture(path: Path, node: str, iface: str, damage: list[Damage] | None 
     return segments
 
 
-_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-           b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+_MAGICS = {b"\xd4\xc3\xb2\xa1": ("<", 10**6), b"\xa1\xb2\xc3\xd4": (">", 10**6),
+           b"\x4d\x3c\xb2\xa1": ("<", 10**9), b"\xa1\xb2\x3c\x4d": (">", 10**9)}
 _MAX_RECORD = 262144  # tcpdump's largest snapshot length
 
 
@@ -100,12 +100,28 @@ def _whole(n: int) -> str:
 
 
 def read_pcap(path: Path, damage: list[Damage] | None = None) -> tuple[list[tuple[float, bytes]], int]:
-    """(time, frame) of every whole record of a pcap file, and its link type.
+    """(time, frame) of every whole record of a pcap file, and its link type (see ``pcap_records``)."""
+    capture = pcap_records(path, damage)
+    unit = 1.0 / capture.per_second
+    return [(seconds + fraction * unit, data) for seconds, fraction, _, data in capture.records], capture.datalink
+
+
+@dataclass(frozen=True)
+class PcapRecords:
+    datalink: int
+    per_second: int  # timestamp fraction units: 10**6 (microseconds) or 10**9 (tcpdump's nanoseconds)
+    records: list[tuple[int, int, int, bytes]]  # (seconds, fraction, length on the wire, captured bytes)
+
+
+def pcap_records(path: Path, damage: list[Damage] | None = None) -> PcapRecords:
+    """Every whole record of a pcap file.
 
     Read by hand rather than by dpkt so that every way a capture can be damaged (cut in its
     header or mid-record by a killed node or a full disk, garbage, a record claiming more bytes
-    than any capture holds) is told apart, named, and stops the reading only from there on."""
+    than any capture holds) is told apart, named in ``damage``, and stops the reading only from
+    there on: what came before is kept."""
     where = f"{path.parent.name}/{path.name}"
+    nothing = PcapRecords(1, 10**6, [])
 
     def note(problem: str, partial: bool = False) -> None:
         if damage is not None:
@@ -113,45 +129,45 @@ def read_pcap(path: Path, damage: list[Damage] | None = None) -> tuple[list[tupl
 
     if path.is_dir():
         note("it is a directory, not a capture")
-        return [], 0
+        return nothing
     try:
         data = path.read_bytes()
     except OSError as exc:
         note(f"it cannot be read ({exc.strerror or exc})")
-        return [], 0
+        return nothing
     if not data:
         note("it is empty (0 bytes): the capture never wrote its header")
-        return [], 0
+        return nothing
     if data[:4] == b"\x0a\x0d\x0d\x0a":
         note("it is a pcapng file, not the pcap labctl's captures write: not read")
-        return [], 0
+        return nothing
     if data[:4] not in _MAGICS:
         note("it is not a pcap file (its first bytes are not a pcap magic number): garbage or another format")
-        return [], 0
+        return nothing
     if len(data) < 24:
         note(f"it is cut short in its file header ({len(data)} of 24 bytes): no packet is in it")
-        return [], 0
-    order, unit = _MAGICS[data[:4]]
+        return nothing
+    order, per_second = _MAGICS[data[:4]]
     snaplen, datalink = struct.unpack_from(order + "II", data, 16)
     limit = max(snaplen, _MAX_RECORD)
-    frames: list[tuple[float, bytes]] = []
+    records: list[tuple[int, int, int, bytes]] = []
     offset = 24
     while offset < len(data):
-        number = len(frames) + 1
+        number = len(records) + 1
         if len(data) - offset < 16:
-            note(f"it is cut short in the header of packet {number} (at byte {offset}): {_whole(len(frames))}", True)
+            note(f"it is cut short in the header of packet {number} (at byte {offset}): {_whole(len(records))}", True)
             break
         seconds, fraction, caplen, wirelen = struct.unpack_from(order + "IIII", data, offset)
-        if caplen > limit or fraction * unit >= 1.0:
+        if caplen > limit or fraction >= per_second:
             note(f"packet {number} (at byte {offset}) is damaged (its record header is garbage): "
-                 f"{_whole(len(frames))}, the last {len(data) - offset} bytes are not", True)
+                 f"{_whole(len(records))}, the last {len(data) - offset} bytes are not", True)
             break
         if len(data) - offset - 16 < caplen:
-            note(f"it is cut short in packet {number} (at byte {offset}): {_whole(len(frames))}", True)
+            note(f"it is cut short in packet {number} (at byte {offset}): {_whole(len(records))}", True)
             break
-        frames.append((seconds + fraction * unit, data[offset + 16:offset + 16 + caplen]))
+        records.append((seconds, fraction, wirelen, data[offset + 16:offset + 16 + caplen]))
         offset += 16 + caplen
-    return frames, datalink
+    return PcapRecords(datalink & 0x0FFFFFFF, per_second, records)
 
 
 _ETHERNET, _SLL = dpkt.pcap.DLT_EN10MB, dpkt.pcap.DLT_LINUX_SLL

@@ -21,10 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-PCAP_MAGIC = {  # magic as read little-endian -> (byte order, timestamp units per second)
-    0xA1B2C3D4: ("<", 10**6), 0xD4C3B2A1: (">", 10**6),
-    0xA1B23C4D: ("<", 10**9), 0x4D3CB2A1: (">", 10**9),
-}
+from ..analyze.segments import pcap_records
 
 
 @dataclass(frozen=True)
@@ -61,30 +58,14 @@ def captures(run_dir: Path) -> list[Capture]:
     return result
 
 
-def _records(capture: Capture, index: int) -> tuple[int, int, Iterator[tuple[int, int, int, bytes]]]:
-    """(link type, units per second, records as (timestamp in units, interface, original length, data))."""
-    fh = open(capture.path, "rb")
-    header = fh.read(24)
-    if len(header) < 24:
-        fh.close()
-        return 1, 10**6, iter(())
-    magic = struct.unpack("<I", header[:4])[0]
-    if magic not in PCAP_MAGIC:
-        fh.close()
-        raise ValueError(f"{capture.path}: not a pcap file")
-    order, units = PCAP_MAGIC[magic]
-    linktype = struct.unpack(order + "I", header[20:24])[0] & 0x0FFFFFFF
+def _records(capture: Capture, index: int, damage: list) -> tuple[int, int, Iterator[tuple[int, int, int, bytes]]]:
+    """(link type, units per second, records as (timestamp in units, interface, original length, data)).
 
-    def read(handle: BinaryIO) -> Iterator[tuple[int, int, int, bytes]]:
-        with handle:
-            while len(record := handle.read(16)) == 16:
-                seconds, fraction, included, original = struct.unpack(order + "IIII", record)
-                data = handle.read(included)
-                if len(data) < included:
-                    return  # cut mid-packet (a node killed): keep what is whole
-                yield seconds * units + fraction, index, original, data
-
-    return linktype, units, read(fh)
+    A damaged capture gives what is whole of it (analysis reads it the same way), and says what is not in ``damage``."""
+    found = pcap_records(capture.path, damage)
+    units = found.per_second
+    return found.datalink, units, ((seconds * units + fraction, index, original, data)
+                                   for seconds, fraction, original, data in found.records)
 
 
 def _block(kind: int, body: bytes) -> bytes:
@@ -105,9 +86,9 @@ def write(run_dir: Path, target: BinaryIO, *, application: str = "labctl") -> di
     found = captures(run_dir)
     target.write(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
                         + _option(4, application.encode()) + END_OF_OPTIONS))
-    streams, units = [], []
+    streams, units, damage = [], [], []
     for index, capture in enumerate(found):
-        linktype, per_second, records = _records(capture, index)
+        linktype, per_second, records = _records(capture, index, damage)
         # if_tsresol: 6 for microseconds (the default), 9 for tcpdump's nanoseconds.
         resolution = 9 if per_second == 10**9 else 6
         target.write(_block(1, struct.pack("<HHI", linktype, 0, 0)
@@ -123,4 +104,5 @@ def write(run_dir: Path, target: BinaryIO, *, application: str = "labctl") -> di
         stamp = stamp_ns // (10**9 // units[index])
         target.write(_block(6, struct.pack("<IIIII", index, stamp >> 32, stamp & 0xFFFFFFFF, len(data), original) + data))
         packets += 1
-    return {"interfaces": [f"{c.node}:{c.interface}" for c in found], "packets": packets}
+    return {"interfaces": [f"{c.node}:{c.interface}" for c in found], "packets": packets,
+            "damage": [d.text for d in damage]}
