@@ -273,3 +273,31 @@ def test_what_another_user_wrote_in_a_lock_is_shown_only_as_printable_text(state
     path = locking.lock_path("docker-test", "lab1")
     path.write_bytes(b"pid 1 (\x1b[2Jlabctl run)\x07" + b"x" * 1000 + b"\nsecond line\n")
     assert locking.holder(path) == ("pid 1 ([2Jlabctl run)" + "x" * 1000)[:240]
+
+
+def test_every_command_that_changes_or_runs_a_lab_takes_its_lock(tmp_path):
+    """up, run, down, impair and loop: each refuses with --no-wait while another labctl holds the lab."""
+    from labctl import api
+    from labctl.engine.memory import MemoryEngine
+
+    teardown = Path(__file__).resolve().parent.parent / "labs" / "teardown"
+    engine = MemoryEngine()
+    api.up(teardown, engine=engine)
+    code = HOLDER.replace('"docker-test", "lab1"', f'"{engine.ident}", "teardown"')
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        for name, command in [("up", lambda: api.up(teardown, engine=engine, wait=False)),
+                              ("run", lambda: api.run(teardown, ["normal-close"], engine=engine, root=tmp_path, wait=False)),
+                              ("down", lambda: api.down(teardown, engine=engine, wait=False)),
+                              ("impair", lambda: api.impair(teardown, "right", "router", {"delay": "5ms"}, engine=engine, wait=False)),
+                              # the lock comes first: the lab has one router, so this loop would be refused after it
+                              ("loop", lambda: api.loop(teardown, "router", "router", 1, engine=engine, wait=False))]:
+            with pytest.raises(locking.LabBusy, match=f"its lock is held by pid {holder.pid}"):
+                command()
+    finally:
+        holder.kill()
+        holder.wait()
+    [state] = api.status(teardown, engine=engine)  # nothing was changed by the refused commands
+    assert sorted(n.name for n in state.nodes) == ["client", "router", "server"]
+    assert not any(link.get("impairments") for link in state.links)
