@@ -293,7 +293,7 @@ def sweep(lab: str = LAB_ARG,
           param: List[str] = typer.Option([], "--param", "-p", help="NAME=VALUES: a range 0..30:5% (ends included, a unit on any part), "
                                                                     "a list 10ms,50ms, or one value (fixed). Repeatable."),
           repeat: Optional[int] = typer.Option(None, "--repeat", "-r", help="Runs per combination (default 1)."),
-          parallel: Optional[int] = typer.Option(None, "--parallel", "-j", help="Runs at once, each on its own lab instance (where supported)."),
+          parallel: Optional[int] = typer.Option(None, "--parallel", "-j", help="Runs at once (default 1), each worker on a lab instance of its own (sw1 ... swN), taken down when the sweep ends."),
           output: Optional[str] = typer.Option(None, "--output", "-o", help="The sweep directory; run the same sweep into it again to resume. "
                                                                            "Default: results/sweeps/LAB-SCENARIO-<grid hash>."),
           metric: Optional[str] = typer.Option(None, "--metric", "-m", help="What the chart shows beside the pass rate: transfer_time (default), "

@@ -9,6 +9,7 @@ import csv
 import enum
 import io
 import json
+import threading
 import re
 import shutil
 from dataclasses import dataclass
@@ -202,16 +203,32 @@ def test_resuming_into_a_directory_of_another_sweep_is_refused(tmp_path):
 
 
 def test_parallel_workers_each_own_an_instance(tmp_path):
-    runs = FakeRuns()
-    result = sweep.run(spec_2x2(), tmp_path / "sw", parallel=2, execute=runs)
-    assert len(result.ran) == 8 and {t.instance for t in runs.calls} <= {"sw1", "sw2"}
+    runs, released = FakeRuns(), []
+    result = sweep.run(spec_2x2(), tmp_path / "sw", parallel=2, execute=runs, release=lambda task, i: released.append(i))
+    assert len(result.ran) == 8 and {t.instance for t in runs.calls} == {"sw1", "sw2"}
     assert len({t.id for t in runs.calls}) == 8
+    assert sorted(released) == ["sw1", "sw2"]  # each taken down once, when the sweep ended
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["sessions"][-1]["instances"] == ["sw1", "sw2"]
 
 
-def test_parallel_without_instances_says_runs_go_one_at_a_time(monkeypatch):
-    monkeypatch.setattr(execution, "engine_supports_instances", lambda: False)
-    workers, note = execution._workers(4, execution.run_task)
-    assert workers == 1 and "one at a time" in note
+def test_parallel_tasks_really_run_at_once(tmp_path):
+    """Two workers: the first two tasks meet at a barrier, which one worker alone never passes."""
+    meet = threading.Barrier(2, timeout=10)
+    runs = FakeRuns()
+
+    def execute(task, run_dir, **kwargs):
+        if len(runs.calls) < 2:
+            meet.wait()
+        return runs(task, run_dir, **kwargs)
+
+    assert len(sweep.run(spec_2x2(), tmp_path / "sw", parallel=2, execute=execute, release=lambda *_: None).ran) == 8
+
+
+def test_an_interrupted_parallel_sweep_still_takes_its_instances_down(tmp_path):
+    released = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(spec_2x2(), tmp_path / "sw", parallel=2, execute=FakeRuns(interrupt_at=3), release=lambda task, i: released.append(i))
+    assert released and set(released) <= {"sw1", "sw2"} and len(released) == len(set(released))
 
 
 # --- metrics and verdicts from a run directory alone ---------------------------------------------

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from labctl.instances import split_key
+
 from .test_sweep import chart_texts
 
 pytestmark = pytest.mark.engine
@@ -34,7 +36,8 @@ def lossy_lab(tmp_path, engine, node_image):
     text = (directory / "lab.yaml").read_text()
     (directory / "lab.yaml").write_text(text.replace("name: lossy-transfer", f"name: {name}", 1))
     yield directory
-    engine.destroy(name)
+    for key in [k for k in engine.labs() if split_key(k)[0] == name] or [name]:  # every instance of it
+        engine.destroy(key)
 
 
 def sweep_command(lab: Path, out: Path, *params: str) -> list[str]:
@@ -57,13 +60,20 @@ def finished_runs(out: Path) -> dict[str, tuple[str, int]]:
     return result
 
 
-def test_a_sweep_of_two_parameters_makes_a_run_directory_per_run_and_a_summary_that_counts_them(lossy_lab, tmp_path):
+def test_a_parallel_sweep_of_two_parameters_makes_a_run_directory_per_run_and_a_summary_that_counts_them(lossy_lab, tmp_path, engine):
+    """Two runs at a time, each worker on a lab instance of its own, both taken down at the end."""
     out = tmp_path / "sweep"
-    proc = subprocess.run(sweep_command(lossy_lab, out, "-p", "loss=0%,10%", "-p", "delay=2ms,10ms", "-r", "2", "--metric", "retransmissions"),
+    proc = subprocess.run(sweep_command(lossy_lab, out, "-p", "loss=0%,10%", "-p", "delay=2ms,10ms", "-r", "2", "--metric", "retransmissions",
+                                        "--parallel", "2"),
                           capture_output=True, text=True, env=labctl_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [p for p in (out / "runs").iterdir()]
     assert len(runs) == 8 and all((p / "run.json").is_file() and (p / "verdicts.json").is_file() for p in runs)
+    records = [json.loads((p / "run.json").read_text()) for p in runs]
+    assert sorted({r["instance"] for r in records}) == ["sw1", "sw2"]
+    spans = sorted((r["started"], r["ended"]) for r in records)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans  # some runs overlapped in time
+    assert [k for k in engine.labs() if split_key(k)[0] == lossy_lab.name] == []  # every instance taken down
     statuses = [json.loads((p / "run.json").read_text())["status"] for p in runs]
     outcomes = [all(v["passed"] for v in json.loads((p / "verdicts.json").read_text())["verdicts"]) for p in runs]
     record = json.loads((out / "sweep.json").read_text())

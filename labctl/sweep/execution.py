@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..rundir import write_json
 from .spec import SweepSpec, tasks as make_tasks
 from .summary import RUNS_DIR, SWEEP_FILE, Summary, read_sweep, write as write_summary
-from .task import STAGING_PREFIX, Task, TaskResult, engine_supports_instances, finished, run_task
+from .task import STAGING_PREFIX, Task, TaskResult, finished, run_task, take_down
 
 SCHEMA_VERSION = 1
 INTERRUPTED_DIR = "interrupted"
@@ -52,6 +52,7 @@ class Event:
 
 OnEvent = Callable[[Event], None]
 Execute = Callable[..., TaskResult]  # run_task's shape: (task, run_dir, *, engine=None, progress=None)
+Release = Callable[[Task, str], None]  # take_down's shape: (a task that ran there, the instance): the instance goes
 
 
 @dataclass(frozen=True)
@@ -138,12 +139,16 @@ def set_aside(sweep_dir: Path, all_tasks: list[Task]) -> list[str]:
 
 
 def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, engine=None, on_event: OnEvent | None = None,
-        execute: Execute = run_task, summarise: bool = True) -> SweepResult:
+        execute: Execute = run_task, summarise: bool = True, release: Release | None = None) -> SweepResult:
     """Run (or resume) a sweep into ``sweep_dir`` and write its summary.
 
     ``execute`` runs one task (``task.run_task`` by default: the real engine); a placement
     on other machines would be another function of the same shape. Ctrl-C stops after
     setting the current run's directory in place; running the same sweep again resumes.
+
+    With ``parallel`` N > 1, N tasks run at once, each worker on a lab instance of its own
+    (sw1 ... swN), which ``release`` takes down when the sweep ends (``task.take_down`` with
+    the real engine). A sweep killed before that leaves them up; its resumption reuses them.
     """
     sweep_dir = Path(sweep_dir)
     tell = on_event or (lambda event: None)
@@ -155,18 +160,19 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
     moved = set_aside(sweep_dir, all_tasks)
     todo = [t for t in all_tasks if not finished(sweep_dir / RUNS_DIR / t.id)]
     skipped = len(all_tasks) - len(todo)
-    workers, note = _workers(parallel, execute)
+    workers = 1 if parallel <= 1 else max(1, min(parallel, len(todo)))
+    if release is None and execute is run_task:
+        release = lambda task, instance: take_down(task, instance, engine)  # noqa: E731
     session = {"started": time.time(), "parallel": parallel, "workers": workers, "to_run": len(todo), "skipped": skipped,
-               "set_aside": moved, "note": note, "ended": None, "ran": 0, "result": "running"}
+               "set_aside": moved, "instances": instance_names(workers) if parallel > 1 else [], "ended": None, "ran": 0,
+               "result": "running"}
     record["sessions"].append(session)
     write_json(sweep_dir / SWEEP_FILE, record)
     tell(Event("plan", len(all_tasks), skipped, message=f"{len(todo)} to run, {skipped} already finished"
                                                         + (f", {len(moved)} unfinished set aside" if moved else "")))
-    if note:
-        tell(Event("note", len(all_tasks), skipped, message=note))
     ran: list[TaskResult] = []
     try:
-        if workers == 1:
+        if parallel <= 1:
             for task in todo:
                 tell(Event("start", len(all_tasks), skipped + len(ran), task))
                 result = execute(task, sweep_dir / RUNS_DIR / task.id, engine=engine,
@@ -175,7 +181,7 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
                 tell(Event("done", len(all_tasks), skipped + len(ran), task, result))
         else:
             _run_parallel(todo, sweep_dir, workers, engine, execute, ran,
-                          lambda kind, t, r, message="": tell(Event(kind, len(all_tasks), skipped + len(ran), t, r, message)))
+                          lambda kind, t, r, message="": tell(Event(kind, len(all_tasks), skipped + len(ran), t, r, message)), release)
         session["result"] = "done"
     except KeyboardInterrupt:
         session["result"] = "interrupted"
@@ -190,28 +196,28 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
     return SweepResult(sweep_dir, all_tasks, ran, skipped, summary)
 
 
-def _workers(parallel: int, execute: Execute) -> tuple[int, str]:
-    if parallel <= 1:
-        return 1, ""
-    if execute is run_task and not engine_supports_instances():
-        return 1, (f"--parallel {parallel}: runs go one at a time: this labctl cannot run several instances of a lab "
-                   "at once yet (parallel runs need isolated lab instances)")
-    return parallel, ""
+def instance_names(workers: int) -> list[str]:
+    """The lab instances a parallel sweep's workers run on: the same for every sweep, so a resumed
+    sweep reuses (and then takes down) those a killed one left up."""
+    return [f"sw{k}" for k in range(1, workers + 1)]
 
 
 def _run_parallel(todo: list[Task], sweep_dir: Path, workers: int, engine, execute: Execute, ran: list[TaskResult],
-                  tell: Callable[..., None]) -> None:
-    """Each worker owns one lab instance (sw1, sw2, ...) for the whole sweep, so no two runs share one."""
+                  tell: Callable[..., None], release: Release | None = None) -> None:
+    """Each worker owns one lab instance (sw1, sw2, ...) for the whole sweep, so no two runs share one;
+    when the sweep ends, however it ends, every instance a task ran on is taken down."""
     instances: SimpleQueue = SimpleQueue()
-    for k in range(1, workers + 1):
-        instances.put(f"sw{k}")
+    for name in instance_names(workers):
+        instances.put(name)
     lock = threading.Lock()
+    used: dict[str, Task] = {}  # instance -> a task that ran on it (its lab and parameters name the lab)
 
     def one(task: Task) -> TaskResult:
         instance = instances.get()
         try:
             placed = task.on(instance)
             with lock:
+                used.setdefault(instance, placed)
                 tell("start", placed, None)
             return execute(placed, sweep_dir / RUNS_DIR / task.id, engine=engine,
                            progress=lambda message: tell("progress", placed, None, message))
@@ -235,3 +241,13 @@ def _run_parallel(todo: list[Task], sweep_dir: Path, workers: int, engine, execu
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if release is not None:
+            _release_all(used, release, tell)
+
+
+def _release_all(used: dict[str, Task], release: Release, tell: Callable[..., None]) -> None:
+    for instance, task in sorted(used.items()):
+        try:
+            release(task, instance)
+        except (UserError, OSError) as exc:  # the runs are done and kept: say so, and go on
+            tell("note", task, None, f"instance {instance} of {task.lab} was not taken down: {exc}")

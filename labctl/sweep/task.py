@@ -11,7 +11,6 @@ its place is whole; whether it *finished* is read from its own run.json.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import shutil
@@ -89,13 +88,6 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "verdicts.json").is_file()
 
 
-def engine_supports_instances() -> bool:
-    """Whether ``api.run`` takes an ``instance`` (isolated copies of a lab, up at once)."""
-    from .. import api
-
-    return "instance" in inspect.signature(api.run).parameters
-
-
 def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | None = None) -> TaskResult:
     """Run one task; its run directory ends up at ``run_dir`` (which must not exist yet).
 
@@ -113,8 +105,6 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
     started = time.monotonic()
     kwargs: dict[str, Any] = {"engine": engine, "root": staging, "progress": progress}
     if task.instance is not None:
-        if not engine_supports_instances():
-            raise RuntimeError(f"task {task.id} names instance '{task.instance}', but this labctl cannot run lab instances yet")
         kwargs["instance"] = task.instance
     interrupted, retried, cut_short = False, None, None
     for attempt in range(1, ENGINE_ATTEMPTS + 1):
@@ -186,3 +176,10 @@ def read_task(run_dir: Path) -> dict | None:
         return json.loads((run_dir / TASK_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def take_down(task: Task, instance: str, engine=None) -> list[str]:
+    """Take down the lab instance a parallel sweep's tasks ran on (``task``: one of them)."""
+    from .. import api
+
+    return api.down(task.lab, params=dict(task.params), engine=engine, instance=instance)
