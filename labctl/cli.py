@@ -797,15 +797,16 @@ def new(directory: str = typer.Argument(..., help="The new lab's directory (new,
 def grade(lab: str = LAB_ARG,
           submissions: str = typer.Option(..., "--submissions", help="A directory with one subdirectory per submission."),
           scenario: List[str] = typer.Option([], "--scenario", "-s", help="A scenario to grade (repeatable); all when omitted."),
-          parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Submissions at once (needs lab instances; one at a time until labctl has them)."),
+          parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Submissions graded at once, each on a lab instance of its own (grade1 ... gradeN)."),
           output: Optional[str] = typer.Option(None, "--output", "-o", help="The gradebook directory (default ./LAB-grades)."),
           timeout: Optional[float] = typer.Option(None, help="Seconds one run may take (default 300)."),
           param: List[str] = PARAM_OPT,
           as_json: bool = typer.Option(False, "--json", help="Print the gradebook as JSON.")) -> None:
     """Run every scenario for every submission; write one gradebook (CSV, JSON), a class summary and a report per submission.
 
-    Each submission reaches the lab as the parameter `submission` (its absolute path). Exit status 0 when grading
-    completed, whatever the grades; 2 on a usage or environment error.
+    Each submission reaches the lab as the parameter `submission` (its absolute path), on a fresh lab instance of the
+    grader's own (the lab itself, if it is up, is left alone). Exit status 0 when grading completed, whatever the grades;
+    2 on a usage or environment error.
 
     Example: labctl grade labs/teardown-course --submissions tests/submissions -o grades
     """

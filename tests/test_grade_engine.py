@@ -25,12 +25,18 @@ EXPECTED = {
 }
 
 
-def test_grade_the_three_sample_submissions(tmp_path, engine, node_image):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_grade_the_three_sample_submissions(tmp_path, engine, node_image, parallel):
+    """The same gradebook whether submissions are graded one at a time or two at once (each on a lab instance of its own)."""
     out = tmp_path / "grades"
-    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(LAB), "--submissions", str(SUBMISSIONS), "-o", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(LAB), "--submissions", str(SUBMISSIONS), "-o", str(out),
+                           "--parallel", str(parallel)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     book = json.loads((out / "gradebook.json").read_text())
+    assert book["workers"] == parallel
+    assert [k for k in engine.labs() if k.startswith("teardown-course.grade")] == []  # every grading instance taken down
+    runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("run.json")]
+    assert len(runs) == 6 and {r["instance"] for r in runs} == {f"grade{k}" for k in range(1, parallel + 1)}
     keys = [c["key"] for c in book["columns"]]
     assert len(keys) == 8 and sum(c["points"] for c in book["columns"]) == 9
     rows = {s["submission"]: s for s in book["submissions"]}

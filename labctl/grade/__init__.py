@@ -8,6 +8,10 @@ loops forever gets its verdicts and a reason, and the others go on. Every
 submission starts on a fresh lab (taken down after it), so nothing one leaves
 running reaches the next.
 
+Grading runs on lab instances of its own (grade1 ... gradeN, see
+``labctl.instances``), never on the lab itself, which the instructor may have up:
+with ``parallel`` N, N submissions are graded at once, each worker on its instance.
+
 Writes into the output directory: gradebook.csv, gradebook.json, summary.html
 (pass rate per expectation, the most missed first), one HTML report per
 submission (submissions/NAME.html) and the run directories (runs/NAME/...).
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -119,10 +124,15 @@ def columns_of(lab: str | Path, scenarios: Sequence[str], params: Mapping[str, s
     return result
 
 
+def instance_names(workers: int) -> list[str]:
+    """The lab instances grading runs on, one per worker."""
+    return [f"grade{k}" for k in range(1, workers + 1)]
+
+
 def _run_one(lab: str, scenario: str, submission: Path, params: Mapping[str, str], results: Path,
-             timeout: float) -> ScenarioResult:
+             timeout: float, instance: str) -> ScenarioResult:
     argv = [sys.executable, "-m", "labctl", "run", lab, "-s", scenario, "--results", str(results), "--json",
-            "-p", f"submission={submission}"]
+            "--instance", instance, "-p", f"submission={submission}"]
     for key, value in params.items():
         argv += ["-p", f"{key}={value}"]
     started = time.monotonic()
@@ -192,14 +202,15 @@ def _program_error(run_dir: str | None) -> str:
 
 
 def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], columns: list[Column], params: Mapping[str, str],
-                     out: Path, timeout: float, engine_down: Callable[[], None]) -> SubmissionGrade:
+                     out: Path, timeout: float, engine_down: Callable[[], None], instance: str) -> SubmissionGrade:
     started = time.monotonic()
     grade = SubmissionGrade(submission.name, str(submission))
     results_dir = out / "runs" / submission.name
     chosen = list(dict.fromkeys(c.scenario for c in columns)) or list(scenarios)
     try:
         for scenario in chosen:
-            grade.results.append(_run_one(lab, scenario.split("[")[0], submission.resolve(), params, results_dir / scenario, timeout))
+            grade.results.append(_run_one(lab, scenario.split("[")[0], submission.resolve(), params, results_dir / scenario, timeout,
+                                          instance))
     finally:
         engine_down()
     by_scenario = {r.scenario: r for r in grade.results}
@@ -237,22 +248,23 @@ def grade(lab: str | Path, submissions: str | Path, *, scenarios: Sequence[str] 
     columns = columns_of(lab_ref, scenarios, params, found[0].resolve())
     out = Path(output) if output is not None else Path(f"{loaded.lab.name}-grades")
     out.mkdir(parents=True, exist_ok=True)
-    workers, note = 1, None
-    if parallel > 1:
-        # Several submissions at once need isolated instances of the lab (separate names and
-        # subnets); until labctl has them, grading runs one submission at a time.
-        note = (f"--parallel {parallel}: graded one submission at a time: this labctl cannot run several "
-                "instances of a lab at once yet")
-        progress(note)
+    workers, note = max(1, min(parallel, len(found))), None
     name = loaded.lab.name
     engine = engine or api.default_engine()
-    api.down(name, engine=engine)  # a lab left from before would hold other files and programs
+    free: SimpleQueue = SimpleQueue()
+    for instance in instance_names(workers):
+        api.down(name, engine=engine, instance=instance)  # one left from before would hold other files and programs
+        free.put(instance)
     started = time.monotonic()
 
     def one(submission: Path) -> SubmissionGrade:
-        progress(f"grading {submission.name}")
-        result = grade_submission(lab_ref, submission, scenarios, columns, params, out, timeout,
-                                  lambda: api.down(name, engine=engine))
+        instance = free.get()  # this worker's own lab instance, for this submission
+        try:
+            progress(f"grading {submission.name}" + (f" (instance {instance})" if workers > 1 else ""))
+            result = grade_submission(lab_ref, submission, scenarios, columns, params, out, timeout,
+                                      lambda: api.down(name, engine=engine, instance=instance), instance)
+        finally:
+            free.put(instance)
         progress(f"{submission.name}: {result.points:g}/{result.max_points:g}" + (f" ({result.reason[:120]})" if result.reason else ""))
         return result
 
