@@ -253,6 +253,19 @@ def test_a_cut_capture_keeps_its_whole_packets(run_copy, capsys):
     assert seen(data) == seen(whole) - 1 > 0
 
 
+def test_a_missing_capture_is_inferred_from_the_others_only_when_there_are_others(run_copy, capsys):
+    remove("pcaps/client-left.pcap")(run_copy)
+    one = {d["file"]: d["problem"] for d in json.loads(report(run_copy, "json", capsys)[1])["damage"]}
+    assert one["pcaps/client-left.pcap"].endswith("what crossed client's left is inferred from the other captures")
+    for pcap in (run_copy / "pcaps").glob("*.pcap"):
+        pcap.unlink()
+    every = {d["file"]: d["problem"] for d in json.loads(report(run_copy, "json", capsys)[1])["damage"]}
+    assert sorted(f for f in every if f.startswith("pcaps/")) == ["pcaps/client-left.pcap", "pcaps/router-left.pcap", "pcaps/router-right.pcap", "pcaps/server-right.pcap"]
+    assert every["pcaps/router-right.pcap"] == ("it is missing (run.json says router captured on right): what crossed router's right "
+                                                "is not known: no other capture is there to infer it from")
+    assert not any("inferred" in problem for problem in every.values())
+
+
 def test_without_run_json_the_run_is_not_called_passed(run_copy, capsys):
     remove("run.json")(run_copy)
     data = json.loads(report(run_copy, "json", capsys)[1])

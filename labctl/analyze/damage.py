@@ -64,6 +64,7 @@ def survey(run_dir: Path, run: dict, nodes: dict, damage: list[Damage]) -> None:
     elif not pcaps.exists():
         damage.append(Damage("pcaps", "it is missing: no capture can be read"))
     observers = (run.get("observers") or {}).get("nodes") or {}
+    present = {p.name for p in pcaps.glob("*.pcap") if p.is_file()} if pcaps.is_dir() else set()
     for node, info in nodes.items():
         made = observers.get(node, {}).get("captures") if node in observers else None
         for iface in info.get("interfaces", {}):
@@ -71,8 +72,9 @@ def survey(run_dir: Path, run: dict, nodes: dict, damage: list[Damage]) -> None:
             said = isinstance(made, list) and iface in made
             if not path.exists() and pcaps.is_dir() and (said or (not observers and run.get("status") == "complete")):
                 because = f"run.json says {node} captured on {iface}" if said else f"{node} has interface {iface}"
-                damage.append(Damage(f"pcaps/{path.name}", f"it is missing ({because}): what crossed {node}'s {iface} "
-                                                           "is inferred from the other captures"))
+                known = ("is inferred from the other captures" if present else
+                         "is not known: no other capture is there to infer it from")
+                damage.append(Damage(f"pcaps/{path.name}", f"it is missing ({because}): what crossed {node}'s {iface} {known}"))
     for name in JSONL_FILES:
         for _ in read_jsonl(run_dir / name, damage):
             pass
