@@ -282,7 +282,8 @@ def test_summary_counts_match_the_run_directories(tmp_path):
     sweep.run(spec_2x2(), where, execute=FakeRuns())
     summary = sweep.summarise(where, metric="fin_retransmission_delay")
     dirs = [p for p in (where / "runs").iterdir() if (p / "run.json").exists()]
-    assert summary.counts == {"runs": 8, "finished": len(dirs), "pending": 0, "passed": 4, "failed": 4, "undecided": 0}
+    assert summary.counts == {"runs": 8, "finished": len(dirs), "pending": 0, "passed": 4, "failed": 4, "undecided": 0,
+                              "damaged": 0}
     assert [(p.point, p.finished, p.passed) for p in summary.points] == [
         ({"loss": "0%", "delay": "5ms"}, 2, 2), ({"loss": "0%", "delay": "25ms"}, 2, 2),
         ({"loss": "10%", "delay": "5ms"}, 2, 0), ({"loss": "10%", "delay": "25ms"}, 2, 0)]

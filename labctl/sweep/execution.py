@@ -29,10 +29,10 @@ from typing import Callable
 
 from .. import __version__
 from ..errors import UserError
-from ..rundir import write_json
+from ..rundir import Damage, write_json
 from .spec import SweepSpec, tasks as make_tasks
 from .summary import RUNS_DIR, SWEEP_FILE, Summary, read_sweep, write as write_summary
-from .task import STAGING_PREFIX, Task, TaskResult, finished, run_task, take_down
+from .task import STAGING_PREFIX, Task, TaskResult, damage_text, finished, run_task, take_down
 
 SCHEMA_VERSION = 1
 INTERRUPTED_DIR = "interrupted"
@@ -122,13 +122,21 @@ def prepare(spec: SweepSpec, sweep_dir: Path, *, engine=None, parallel: int | No
     return record, all_tasks
 
 
-def set_aside(sweep_dir: Path, all_tasks: list[Task]) -> list[str]:
+def set_aside(sweep_dir: Path, all_tasks: list[Task], damaged: dict[str, str] | None = None) -> list[str]:
     """Move every unfinished attempt (a run still 'running' when the sweep was killed, an interrupted
-    one, a staging directory) into interrupted/, so runs/ holds finished runs and the task runs anew."""
+    one, one too damaged to say it finished, a staging directory) into interrupted/, so runs/ holds
+    finished runs and the task runs anew. ``damaged``: what was wrong with each damaged one moved."""
     runs, aside = sweep_dir / RUNS_DIR, sweep_dir / INTERRUPTED_DIR
     moved = []
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    candidates = [runs / t.id for t in all_tasks if (runs / t.id).exists() and not finished(runs / t.id)]
+    candidates = []
+    for task in all_tasks:
+        damage: list[Damage] = []
+        if (runs / task.id).exists() or (runs / task.id).is_symlink():
+            if not finished(runs / task.id, damage):
+                candidates.append(runs / task.id)
+                if damage and damaged is not None:
+                    damaged[f"{RUNS_DIR}/{task.id}"] = damage_text(damage)
     candidates += sorted(runs.glob(f"{STAGING_PREFIX}*")) if runs.is_dir() else []
     for directory in candidates:
         aside.mkdir(exist_ok=True)
@@ -157,7 +165,8 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
         validate(spec)
     record, all_tasks = prepare(spec, sweep_dir, engine=engine, parallel=parallel, ask_engine=execute is run_task)
     (sweep_dir / RUNS_DIR).mkdir(exist_ok=True)
-    moved = set_aside(sweep_dir, all_tasks)
+    damaged: dict[str, str] = {}
+    moved = set_aside(sweep_dir, all_tasks, damaged)
     todo = [t for t in all_tasks if not finished(sweep_dir / RUNS_DIR / t.id)]
     skipped = len(all_tasks) - len(todo)
     workers = 1 if parallel <= 1 else max(1, min(parallel, len(todo)))
@@ -170,6 +179,9 @@ def run(spec: SweepSpec, sweep_dir: str | Path, *, parallel: int | None = None, 
     write_json(sweep_dir / SWEEP_FILE, record)
     tell(Event("plan", len(all_tasks), skipped, message=f"{len(todo)} to run, {skipped} already finished"
                                                         + (f", {len(moved)} unfinished set aside" if moved else "")))
+    for where, what in damaged.items():
+        tell(Event("note", len(all_tasks), skipped, message=f"damaged run directory {where}: {what}: set aside in {INTERRUPTED_DIR}/ "
+                                                              "and run again"))
     ran: list[TaskResult] = []
     try:
         if parallel <= 1:

@@ -3,7 +3,10 @@
 Reads sweep.json and the run directories only (no engine), so ``labctl report
 SWEEP_DIR`` redraws it anywhere. A run counts once it finished (its run.json
 says so, see ``task.finished``); a pending or interrupted one is listed as
-pending and counts in no pass rate.
+pending and counts in no pass rate. Run directories are read through the
+checked readers: what is damaged in one is said, naming the run directory and
+the file; one too damaged to say it ended is pending (resuming runs it again),
+and stored verdicts that cannot all be read never make a pass.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir import read_json, write_json
+from ..rundir import Damage, read_json, read_run, type_name, write_json
 from .grid import Axis
-from .metrics import FAIL, METRICS, PASS, UNDECIDED, metric, measure, read_verdicts, run_outcome
-from .task import Task, finished
+from .metrics import FAIL, METRICS, PASS, UNDECIDED, metric, measure, recorded_outcome
+from .task import Task, damage_text, finished
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
+DAMAGE_SHOWN = 10  # damaged run directories named in the summary's heading (all of them in runs.csv, summary.json)
 FILES = ("runs.csv", "summary.csv", "summary.md", "summary.json", "chart.svg", "chart.png")
 
 
@@ -35,6 +39,15 @@ class RunRow:
     status: str | None = None  # run.json's
     outcome: str | None = None  # pass | fail | undecided (None while pending)
     metrics: dict[str, float | None] = field(default_factory=dict)
+    damage: list[Damage] = field(default_factory=list)  # what is wrong in its run directory (files relative to it)
+
+    @property
+    def where(self) -> str | None:
+        """The run directory, relative to the sweep directory, when there is one to look at."""
+        return f"{self.run_dir.parent.name}/{self.run_dir.name}" if self.finished or self.damage else None
+
+    def damage_text(self) -> str:
+        return damage_text(self.damage)
 
 
 @dataclass
@@ -85,7 +98,7 @@ class Summary:
         done = [r for r in self.runs if r.finished]
         return {"runs": len(self.runs), "finished": len(done), "pending": len(self.runs) - len(done),
                 "passed": sum(r.outcome == PASS for r in done), "failed": sum(r.outcome == FAIL for r in done),
-                "undecided": sum(r.outcome == UNDECIDED for r in done)}
+                "undecided": sum(r.outcome == UNDECIDED for r in done), "damaged": sum(bool(r.damage) for r in self.runs)}
 
     def to_json(self) -> dict:
         return {"schema_version": 1, "sweep": self.sweep.get("spec"), "metric": {"name": self.metric.name, "unit": self.metric.unit,
@@ -94,8 +107,8 @@ class Summary:
                 "points": [{"point": p.point, "runs": p.runs, "finished": p.finished, "passed": p.passed, "failed": p.failed,
                             "undecided": p.undecided, "pass_rate": p.pass_rate, self.metric.name: vars(p.spread)} for p in self.points],
                 "runs": [{"id": r.task.id, "point": dict(r.task.point), "repetition": r.task.repetition, "seed": r.task.seed,
-                          "run_dir": str(r.run_dir.relative_to(self.dir)) if r.finished else None, "status": r.status,
-                          "outcome": r.outcome, "metrics": r.metrics} for r in self.runs]}
+                          "run_dir": r.where, "status": r.status, "outcome": r.outcome, "metrics": r.metrics,
+                          "damage": [{"file": d.file, "problem": d.problem} for d in r.damage]} for r in self.runs]}
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -103,9 +116,12 @@ def read_sweep(sweep_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE})")
     try:
-        return read_json(path)
+        data = read_json(path)
     except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: it holds {type_name(data)}, not the object labctl writes")
+    return data
 
 
 def is_sweep_dir(path: str | Path) -> bool:
@@ -124,12 +140,13 @@ def collect(sweep_dir: str | Path, metric_name: str | None = None) -> Summary:
     for data in sweep.get("tasks", []):
         task = Task.from_json(data)
         run_dir = sweep_dir / RUNS_DIR / task.id
-        row = RunRow(task, run_dir, finished(run_dir))
+        damage: list[Damage] = []
+        row = RunRow(task, run_dir, finished(run_dir, damage), damage=damage)
         if row.finished:
-            row.status = read_json(run_dir / "run.json").get("status")
-            row.outcome = run_outcome(read_verdicts(run_dir))
+            row.status = read_run(run_dir).get("status")
+            row.outcome = recorded_outcome(run_dir, damage)
             try:
-                row.metrics = measure(run_dir, names)
+                row.metrics = measure(run_dir, names, damage)
             except Exception as exc:  # a run directory analysis cannot read: its metrics are unknown, the run still counts
                 row.metrics = {name: None for name in names}
                 row.metrics["error"] = f"{type(exc).__name__}: {exc}"  # type: ignore[assignment]
@@ -165,11 +182,12 @@ def runs_csv(summary: Summary) -> str:
     names = list(METRICS) + ([summary.metric.name] if summary.metric.name not in METRICS else [])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["task", *(a.name for a in summary.axes), "repetition", "seed", "finished", "status", "outcome", *names, "run_dir"])
+    writer.writerow(["task", *(a.name for a in summary.axes), "repetition", "seed", "finished", "status", "outcome", *names, "run_dir",
+                     "damage"])
     for row in summary.runs:
         writer.writerow([row.task.id, *(row.task.point.get(a.name, "") for a in summary.axes), row.task.repetition, row.task.seed,
                          int(row.finished), row.status or "", row.outcome or "", *(_number(row.metrics.get(n), 6) for n in names),
-                         str(row.run_dir.relative_to(summary.dir)) if row.finished else ""])
+                         row.where or "", row.damage_text()])
     return buffer.getvalue()
 
 
@@ -216,6 +234,13 @@ def _heading(summary: Summary) -> tuple[str, list[str]]:
     if fixed:
         lines.append("fixed: " + ", ".join(f"{a['name']}={a['values'][0]}" for a in fixed))
     lines.append(f"metric: {summary.metric.name}: {summary.metric.description}")
+    damaged = [r for r in summary.runs if r.damage]
+    for row in damaged[:DAMAGE_SHOWN]:
+        counted = (f"counted as {row.outcome}" if row.finished else
+                   "not counted: it cannot be told to have finished; running the same sweep again sets it aside and runs it again")
+        lines.append(f"damaged run directory {row.where}: {row.damage_text()} ({counted})")
+    if len(damaged) > DAMAGE_SHOWN:
+        lines.append(f"and {len(damaged) - DAMAGE_SHOWN} more damaged run directories: see the damage column of runs.csv")
     return f"Sweep {spec.get('scenario')} on {Path(spec.get('lab', '?')).name}", lines
 
 
@@ -234,6 +259,7 @@ def markdown(summary: Summary) -> str:
 
 def term(summary: Summary, *, color: bool = False, width: int | None = None) -> str:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     title, lines = _heading(summary)
@@ -241,7 +267,7 @@ def term(summary: Summary, *, color: bool = False, width: int | None = None) -> 
     console = Console(file=io.StringIO(), force_terminal=color, color_system="standard" if color else None, width=width or 120)
     console.print(f"[bold]{title}[/bold]")
     for line in lines:
-        console.print(line.replace("`", ""), highlight=False)
+        console.print(escape(line.replace("`", "")), highlight=False)
     table = Table()
     for column in head:
         table.add_column(column)

@@ -11,7 +11,6 @@ its place is whole; whether it *finished* is read from its own run.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import EngineError
-from ..rundir import read_json, write_json
+from ..rundir import Damage, load_json, read_run, write_json
 
 TASK_FILE = "task.json"  # the task a run directory answers, written into it by run_task
 STAGING_PREFIX = ".staging-"
@@ -74,18 +73,33 @@ def is_interruption(status: str | None, reason: str | None) -> bool:
     return status == "incomplete" and (reason or "").startswith("interrupted")
 
 
-def finished(run_dir: Path) -> bool:
+def finished(run_dir: Path, damage: list[Damage] | None = None) -> bool:
     """A run that needs no redoing: its run.json says it ended (complete, or incomplete for a reason
     of its own such as a node that died) and its verdicts were written. A run that was still
-    running (the sweep was killed) or was interrupted (Ctrl-C) is not."""
-    try:
-        run = read_json(run_dir / "run.json")
-    except (OSError, ValueError):
+    running (the sweep was killed) or was interrupted (Ctrl-C) is not, nor one whose directory is
+    too damaged to say it ended (run.json unreadable, verdicts.json missing, not a directory):
+    ``damage`` says what is wrong with it (checked readers, files relative to the run directory)."""
+    if not run_dir.is_dir():
+        if (run_dir.exists() or run_dir.is_symlink()) and damage is not None:
+            damage.append(Damage(".", "it is not a directory: there is no run in it"))
         return False
+    run = read_run(run_dir, damage)
     status = run.get("status")
     if status not in ("complete", "incomplete") or is_interruption(status, run.get("reason")):
         return False
-    return (run_dir / "verdicts.json").is_file()
+    verdicts = run_dir / "verdicts.json"
+    if not verdicts.is_file():
+        cut_short = (read_task(run_dir) or {}).get("cut_short")  # unjudged on purpose (see run_task): not damage
+        if damage is not None and not cut_short:
+            damage.append(Damage("verdicts.json", "it is not a file: the run's verdicts cannot be read" if verdicts.exists()
+                                 else "it is missing, though run.json says the run ended: its verdicts were never written or were lost"))
+        return False
+    return True
+
+
+def damage_text(damage: list[Damage]) -> str:
+    """What ``finished`` and the summary found wrong in a run directory, in one line."""
+    return "; ".join(d.problem if d.file == "." else d.text for d in damage)
 
 
 def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | None = None) -> TaskResult:
@@ -130,7 +144,7 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
             # again) and the sweep goes on. No run directory (the lab did not come up), or one that
             # does not say it was cut short (analysis broke): the error is the sweep's.
             made = _made(staging)
-            if made is None or read_json(made / "run.json").get("status") != "incomplete":
+            if made is None or read_run(made).get("status") != "incomplete":
                 raise
             cut_short = f"{type(exc).__name__}: {exc}"
             if progress:
@@ -150,7 +164,7 @@ def run_task(task: Task, run_dir: Path, *, engine=None, progress: Progress | Non
     shutil.rmtree(staging, ignore_errors=True)
     write_json(run_dir / TASK_FILE, {**task.to_json(), "run_id": made.name, "ran_seconds": round(time.monotonic() - started, 3),
                                      **({"retried_after": retried} if retried else {}), **({"cut_short": cut_short} if cut_short else {})})
-    run = read_json(run_dir / "run.json")
+    run = read_run(run_dir)
     verdicts = outcomes[0].verdicts if outcomes else _verdicts(run_dir)
     result = TaskResult(task, run_dir, run.get("status", "incomplete"), run.get("reason"), time.monotonic() - started, verdicts)
     if interrupted or result.interrupted:
@@ -165,17 +179,14 @@ def _made(staging: Path) -> Path | None:
 
 
 def _verdicts(run_dir: Path) -> list:
-    try:
-        return read_json(run_dir / "verdicts.json").get("verdicts", [])
-    except (OSError, ValueError):
-        return []
+    from .metrics import read_verdicts
+
+    return read_verdicts(run_dir)
 
 
 def read_task(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / TASK_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    """task.json, or None when it is not there or not a readable object."""
+    return load_json(run_dir / TASK_FILE, None)
 
 
 def take_down(task: Task, instance: str, engine=None) -> list[str]:
