@@ -123,6 +123,48 @@ def test_an_rst_received_in_each_state_closes_the_socket(tmp_path, state):
     # TIME_WAIT too: Linux lets an RST end it (net.ipv4.tcp_rfc1337=0).
 
 
+def time_wait_then_rst(run: synthetic.Run) -> float:
+    """The client in TIME_WAIT, then a stale ACK of the server's arrives behind its FIN (reordered on
+    the way), the client's TIME_WAIT answers it, and the server, closed by then, resets: seen in the
+    teardown lab's timewait-reuse runs."""
+    t, _, _ = close_to(run, "TIME_WAIT", connect(run))
+    run.send(t, "server", "A", 1, 7)          # the server's ACK of our FIN, late
+    run.send(t + 0.1, "client", "A", 7, 2)    # TIME_WAIT repeats its ACK
+    run.send(t + 0.2, "server", "R", 2, wscale=None)  # no socket any more: RST at the client's RCV.NXT
+    return t + 0.2
+
+
+@pytest.mark.parametrize("recorded, step, survives", [
+    (None, None, False),   # a run that recorded no sysctls: Linux's default, 0
+    ("0", None, False),
+    ("1", None, True),
+    ("0", "1", True),      # a sysctl step turned it on before the RST
+    ("1", "0", False),
+])
+def test_an_rst_in_time_wait_follows_the_nodes_tcp_rfc1337(tmp_path, recorded, step, survives):
+    run = synthetic.Run("rfc1337")
+    if recorded is not None:
+        run.observers = {**NO_TRACEPOINTS, "sysctls": {"client": {"net.ipv4.tcp_rfc1337": recorded}, "server": {}}}
+    if step is not None:
+        run.step(1, "sysctl", "client", {"net.ipv4.tcp_rfc1337": step}, result={"previous": {}})
+    rst = time_wait_then_rst(run)
+    directory = run.write(tmp_path, judge=False) if recorded is not None else written(run, tmp_path)
+    states = seen(directory, "client")
+    if survives:
+        assert states[-1][0] == "TIME_WAIT"
+    else:
+        assert states[-2:] == [("TIME_WAIT", states[-2][1]), ("CLOSED", round(rst + ARRIVE, 2))]
+        assert timeline(directory, "client").transitions[-1].why == "received RST (TIME-WAIT assassination, tcp_rfc1337=0)"
+
+
+def test_a_run_records_each_nodes_tcp_sysctls_as_it_starts():
+    from labctl.agent import actor, protocol
+
+    values = actor.tcp_sysctls()  # this host's, as a node's actor reads its own
+    assert set(values) <= set(protocol.TCP_SYSCTLS) and "net.ipv4.tcp_rfc1337" in values
+    assert protocol.Ready.from_json({"ready": True, "node": "n", "observers": {}, "pid": 1, "sysctls": values}).sysctls == values
+
+
 def test_an_rst_off_the_next_sequence_number_is_ignored(tmp_path):
     run = synthetic.Run("rst-blind")
     t = connect(run)

@@ -117,6 +117,19 @@ def end_process_group(proc: subprocess.Popen, grace: float = 1.0) -> None:
         pass
 
 
+def tcp_sysctls() -> dict[str, str]:
+    """protocol.TCP_SYSCTLS as this node's network namespace has them now (absent ones left out)."""
+    from .protocol import TCP_SYSCTLS
+
+    values = {}
+    for key in TCP_SYSCTLS:
+        try:
+            values[key] = Path("/proc/sys", *key.split(".")).read_text().strip()
+        except OSError:
+            pass
+    return values
+
+
 class Actor:
     def __init__(self, config: dict):
         self.config = config
@@ -197,7 +210,7 @@ class Actor:
 
             # What impairs this node's links as the run starts (the lab file's, or a runtime change).
             self.send({"ready": True, "node": self.node, "observers": self.start_observers(), "pid": os.getpid(),
-                       "impairments": in_force()})
+                       "impairments": in_force(), "sysctls": tcp_sysctls()})
             for line in sys.stdin:
                 if not line.strip():
                     continue

@@ -360,6 +360,13 @@ class Ready(Message):
     observers: dict[str, Any]
     pid: int
     impairments: tuple[dict, ...] = ()
+    sysctls: dict[str, str] = field(default_factory=dict)  # TCP_SYSCTLS as the run starts
+
+
+# The node's TCP settings that change what its kernel does with a segment, recorded as each
+# run starts (run.json's observers.sysctls), so analysis replays the node's own rules.
+TCP_SYSCTLS = ("net.ipv4.tcp_rfc1337", "net.ipv4.tcp_timestamps", "net.ipv4.tcp_tw_reuse",
+               "net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_fin_timeout")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ diagram of RFC 9293 3.3.2, to the packet's timestamp. Linux's differences, kept 
 - An RST is accepted only when its sequence number is exactly the next expected one
   (RFC 5961 3.2; Linux answers other in-window RSTs with a challenge ACK); in SYN_SENT,
   only with an ACK of our SYN (RFC 9293 3.10.7.3).
-- An RST kills a TIME_WAIT socket (Linux's default net.ipv4.tcp_rfc1337=0).
+- An RST at RCV.NXT kills a TIME_WAIT socket ("TIME-WAIT assassination", RFC 1337) with
+  Linux's default net.ipv4.tcp_rfc1337=0; with 1 the socket ignores it and lives on
+  (tcp_timewait_state_process), so the node's own setting at the RST's time decides
+  (analyze/sysctls.py). A timewait socket still in FIN_WAIT2 dies of an RST either way.
 - A FIN from the peer answered with an RST met no socket: ours was gone before it came
   (an orphaned FIN_WAIT2 that outlived tcp_fin_timeout). The capture cannot say when.
 - A segment is processed when it is in order: a FIN behind a lost segment takes effect
@@ -29,9 +32,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..rundir import read_jsonl
 from .segments import Segment
+from .sysctls import NodeSysctls
 
 # States in which a socket is synchronized or opening: an RST it sends or accepts closes it.
 OPEN_STATES = ("SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "CLOSING", "LAST_ACK")
@@ -70,6 +75,7 @@ class EndpointMachine:
     pending: list[Segment] = field(default_factory=list)  # received out of order
     last_received: Segment | None = None
     acked: int | None = None  # the highest ACK received (SND.UNA)
+    rfc1337: Callable[[float], bool] = lambda t: False  # net.ipv4.tcp_rfc1337 on this node at time t
 
     @property
     def state(self) -> str | None:
@@ -100,8 +106,12 @@ def dropped_in_node(run_dir: Path, segments: list[Segment]) -> set[tuple[str, in
     return found
 
 
-def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: set[tuple[str, int]] = frozenset()) -> list[EndpointMachine]:
-    """Every endpoint socket incarnation that a capturing node's capture saw, with its states."""
+def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: set[tuple[str, int]] = frozenset(),
+           sysctls: NodeSysctls | None = None) -> list[EndpointMachine]:
+    """Every endpoint socket incarnation that a capturing node's capture saw, with its states.
+
+    ``sysctls``: what each node ran with (None: Linux's defaults)."""
+    sysctls = sysctls or NodeSysctls()
     owner = endpoints(nodes)
     machines: dict[tuple, EndpointMachine] = {}
     ordered: dict[tuple, list[tuple[Segment, bool]]] = {}
@@ -118,7 +128,8 @@ def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: s
         key = (s.node, local, remote, s.incarnation)
         ordered.setdefault(key, []).append((s, sent))
     for key, items in ordered.items():
-        machine = EndpointMachine(*key, first=items[0][0].t, last=items[-1][0].t)
+        machine = EndpointMachine(*key, first=items[0][0].t, last=items[-1][0].t,
+                                  rfc1337=lambda t, node=key[0]: sysctls.enabled(node, "net.ipv4.tcp_rfc1337", t))
         for i, (segment, sent) in enumerate(items):
             if sent:
                 _sent(machine, segment)
@@ -184,8 +195,10 @@ def _received(m: EndpointMachine, s: Segment, later: list[tuple[Segment, bool]])
             acceptable = "A" in flags and s.rel_ack == 1
         else:
             acceptable = m.peer_next is None or s.rel_seq == m.peer_next
+        if acceptable and state == "TIME_WAIT" and m.rfc1337(s.t):
+            return  # tcp_rfc1337=1: TIME_WAIT ignores it
         if acceptable and (state in OPEN_STATES or state == "TIME_WAIT"):
-            m.enter("CLOSED", s, "received RST")
+            m.enter("CLOSED", s, "received RST" + (" (TIME-WAIT assassination, tcp_rfc1337=0)" if state == "TIME_WAIT" else ""))
         return
     if "S" in flags:
         m.peer_next = (s.rel_seq + 1) % 2**32

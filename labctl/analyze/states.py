@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..rundir import read_jsonl, read_run
-from . import endpoint
+from . import endpoint, sysctls
 from .segments import Segment, capture_path
 
 TW_ENTRY_FROM = ("FIN_WAIT1", "FIN_WAIT2", "CLOSING")
@@ -132,7 +132,7 @@ def load_timelines(run_dir: Path, segments: list[Segment] | None = None, nodes: 
     run = read_run(run_dir)  # checked: a damaged run.json gives what is usable of it
     capturing = {node for node, info in nodes.items() for iface in info.get("interfaces", {})
                  if capture_path(run_dir, node, iface).exists()}
-    machines = endpoint.replay(segments, nodes, capturing, endpoint.dropped_in_node(run_dir, segments))
+    machines = endpoint.replay(segments, nodes, capturing, endpoint.dropped_in_node(run_dir, segments), sysctls.load(run_dir))
     sampled_nodes = {r.get("node") for r in records if r.get("source") == "sample"}
     interval = float(((run.get("observers") or {}).get("sample_interval")) or SAMPLE_INTERVAL)
     traced = bool((run.get("observers") or {}).get("tracepoints")) or any(r.get("source") == "tracepoint" for r in records)

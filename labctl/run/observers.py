@@ -59,6 +59,7 @@ class Observers:
                           "TCP states from sampling and the captures only")
         ready = self._start_actors()
         observed["nodes"] = {name: info.get("observers") for name, info in ready.items()}
+        observed["sysctls"] = {name: info.get("sysctls") or {} for name, info in ready.items()}
         return ready
 
     def _clean_slate(self) -> None:
