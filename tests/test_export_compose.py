@@ -223,12 +223,16 @@ def _compose(directory: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 def _remove_host_rule() -> None:
-    """Take labctl's host rule out, so the test sees the exported service put it back."""
-    RULE = hostfw.RULE
+    """Take labctl's host rule out, so the test sees the exported service put it back.
+
+    Its drop for what is routed out of a lab goes too: alone, that drop would take every
+    frame of every other lab running on this host (the lead's repeated runs lost segments to
+    it). Meanwhile the isolation chain's RETURN and Docker's own accept per bridge carry them."""
     for tool in ("iptables-nft", "iptables-legacy"):
         for chain in ("DOCKER-USER", "FORWARD"):
-            while subprocess.run([tool, "-w", "-C", chain, *RULE], capture_output=True).returncode == 0:
-                subprocess.run([tool, "-w", "-D", chain, *RULE], capture_output=True, check=True)
+            for rule in (hostfw.ROUTED_OUT, hostfw.RULE):
+                while subprocess.run([tool, "-w", "-C", chain, *rule], capture_output=True).returncode == 0:
+                    subprocess.run([tool, "-w", "-D", chain, *rule], capture_output=True, check=True)
 
 
 def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
