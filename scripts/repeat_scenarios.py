@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every scenario of a lab N times; print pass/fail/undecided counts and the spread of key timings.
 
-    python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR]
+    python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR] [--cpu-hog]
 
 Each run is a full `labctl run` (observers, captures, verdicts). A scenario
 with a matrix counts each matrix point as its own line. Timings come from the
@@ -9,6 +9,11 @@ run directories alone (labctl.sweep.metrics): the FIN retransmission delay, how
 long a lingering close() blocked (step linger_close), the kernel's TIME_WAIT
 timer when first sampled, and the scenario's duration, as median [min..max]
 over the runs that have them.
+With --cpu-hog every round runs twice, unloaded and then with one busy
+process per core for the whole round (labctl.cpuload); it prints both tables
+and a third with the pass counts side by side and how each timing's median
+(and its slowest run) moved under the hog. Run directories then go to
+DIR/unloaded and DIR/cpu-hog.
 Prints figures only:
 the exit status is 0 when every run of every scenario passed, 1 otherwise.
 """
@@ -16,17 +21,24 @@ the exit status is 0 when every run of every scenario passed, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# The labctl of this checkout, not whichever one is installed (a worktree tests its own code).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from labctl import api
+from labctl.cpuload import cpu_hog
 from labctl.sweep.metrics import FAIL, PASS, measure, read_verdicts, run_outcome
 
 # (metric, column): the teardown lab's key timings; a scenario without one shows "-".
@@ -46,42 +58,98 @@ def spread(values: list[float]) -> str:
     return f"{median * 1000:.0f} ms [{ordered[0] * 1000:.0f}..{ordered[-1] * 1000:.0f}]"
 
 
+@dataclass
+class Tally:
+    """What the runs of one condition (unloaded, or under the CPU hog) gave."""
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    timings: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    failures: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    hogs: list = field(default_factory=list)  # labctl.cpuload.Hog of each round under the hog
+
+    def add(self, result) -> None:
+        verdict = run_outcome(read_verdicts(result.path)) if result.status == "complete" else FAIL
+        self.counts[result.scenario][verdict] += 1
+        for name, value in measure(result.path, [name for name, _ in TIMINGS]).items():
+            if value is not None:
+                self.timings[result.scenario][name].append(value)
+        if verdict != PASS:
+            self.failures[result.scenario].append(f"{verdict}: {result.path}")
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def shift(unloaded: list[float], loaded: list[float]) -> str:
+    if not unloaded or not loaded:
+        return "-"
+    delta = median(loaded) - median(unloaded)
+    if abs(median(unloaded)) >= 10:
+        return f"{delta:+.2f} s"
+    return f"{delta * 1000:+.1f} ms (max {(max(loaded) - max(unloaded)) * 1000:+.0f})"
+
+
+def table_of(title: str, tally: Tally, times: int) -> Table:
+    table = Table(title=title)
+    for column in ("scenario", "passed", "failed", "undecided", *(title for _, title in TIMINGS)):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for scenario in sorted(tally.counts):
+        row = tally.counts[scenario]
+        table.add_row(escape(scenario), f"{row[PASS]}/{times}", str(row[FAIL]), str(row["undecided"]),
+                      *(spread(tally.timings[scenario][name]) for name, _ in TIMINGS))
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lab", nargs="?", default="teardown")
     parser.add_argument("--times", type=int, default=10)
     parser.add_argument("--scenario", "-s", action="append", default=[])
     parser.add_argument("--results", type=Path, default=None, help="keep run directories here (default: a temporary folder)")
+    parser.add_argument("--cpu-hog", action="store_true",
+                        help="each round twice: unloaded, then with a busy process on every core; both tables and the shift")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped: never cut scenario names
     root = args.results or Path(tempfile.mkdtemp(prefix="labctl-repeat-"))
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    timings: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    failures: dict[str, list[str]] = defaultdict(list)
+    conditions = {"unloaded": Tally(), "cpu hog": Tally()} if args.cpu_hog else {"unloaded": Tally()}
     for round_number in range(1, args.times + 1):
-        started = time.monotonic()
-        outcomes = api.run(args.lab, args.scenario, root=root)
-        for result in outcomes:
-            verdict = run_outcome(read_verdicts(result.path)) if result.status == "complete" else FAIL
-            counts[result.scenario][verdict] += 1
-            for name, value in measure(result.path, [name for name, _ in TIMINGS]).items():
-                if value is not None:
-                    timings[result.scenario][name].append(value)
-            if verdict != PASS:
-                failures[result.scenario].append(f"{verdict}: {result.path}")
-        console.print(f"round {round_number}/{args.times}: {sum(o.passed for o in outcomes)}/{len(outcomes)} passed "
-                      f"in {time.monotonic() - started:.1f} s")
-    table = Table(title=f"{args.lab}: {args.times} runs of each scenario (run directories in {root})")
-    for column in ("scenario", "passed", "failed", "undecided", *(title for _, title in TIMINGS)):
-        table.add_column(column, justify="left" if column == "scenario" else "right")
-    for scenario in sorted(counts):
-        row = counts[scenario]
-        table.add_row(escape(scenario), f"{row[PASS]}/{args.times}", str(row[FAIL]), str(row["undecided"]),
-                      *(spread(timings[scenario][name]) for name, _ in TIMINGS))
-    console.print(table)
-    for scenario, paths in failures.items():
-        console.print(f"[red]{escape(scenario)}[/red]: " + ", ".join(paths))
-    return 0 if not failures else 1
+        for condition, tally in conditions.items():
+            started = time.monotonic()
+            # Under --cpu-hog the conditions alternate round by round, so both meet the same machine.
+            where = root / condition.replace(" ", "-") if args.cpu_hog else root
+            with cpu_hog() if condition == "cpu hog" else nullcontext() as hog:
+                outcomes = api.run(args.lab, args.scenario, root=where)
+            if hog is not None:
+                tally.hogs.append(hog)
+            for result in outcomes:
+                tally.add(result)
+            console.print(f"round {round_number}/{args.times}{f' ({condition})' if args.cpu_hog else ''}: "
+                          f"{sum(o.passed for o in outcomes)}/{len(outcomes)} passed in {time.monotonic() - started:.1f} s"
+                          + (f"; {hog.describe()}" if hog is not None else ""))
+    for condition, tally in conditions.items():
+        title = f"{args.lab}: {args.times} runs of each scenario" + (f", {condition}" if args.cpu_hog else "")
+        console.print(table_of(f"{title} (run directories in {root})", tally, args.times))
+    if args.cpu_hog:
+        unloaded, loaded = conditions["unloaded"], conditions["cpu hog"]
+        table = Table(title=f"{args.lab}: what the CPU hog changed (median under the hog minus median unloaded; max: the same for the slowest run)")
+        for column in ("scenario", "passed unloaded", "passed under hog", *(title for _, title in TIMINGS)):
+            table.add_column(column, justify="left" if column == "scenario" else "right")
+        for scenario in sorted(set(unloaded.counts) | set(loaded.counts)):
+            table.add_row(escape(scenario), f"{unloaded.counts[scenario][PASS]}/{args.times}",
+                          f"{loaded.counts[scenario][PASS]}/{args.times}",
+                          *(shift(unloaded.timings[scenario][name], loaded.timings[scenario][name]) for name, _ in TIMINGS))
+        console.print(table)
+        busy = [h.cores_busy for h in loaded.hogs]
+        idle = [h.idle_fraction for h in loaded.hogs if h.idle_fraction is not None]
+        console.print(f"the hog's loops had {min(busy):.2f}..{max(busy):.2f} of {os.cpu_count()} cores in each round"
+                      + (f"; the machine was idle {max(idle):.1%} of the time at most" if idle else ""))
+    failed = False
+    for condition, tally in conditions.items():
+        for scenario, paths in tally.failures.items():
+            failed = True
+            console.print(f"[red]{escape(scenario)}[/red]{f' ({condition})' if args.cpu_hog else ''}: " + ", ".join(paths))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
