@@ -365,3 +365,41 @@ def test_a_fin_behind_unacknowledged_data_only_bounds_the_close(tmp_path):
     fin_wait1 = client.transitions[2]
     assert (fin_wait1.state, fin_wait1.sources, fin_wait1.t) == ("FIN_WAIT1", ("tracepoint", "capture"), pytest.approx(T0 + t / 1000))
     assert not client.disagreements
+
+
+def test_a_time_wait_shorter_than_a_sample_is_decided_by_the_kill_that_ended_it(tmp_path):
+    """fin-to-closed[method=kill]: the client's TIME_WAIT lasts under a millisecond, until a kill_socket
+    step destroys it. Tracepoints show FIN_WAIT2 -> CLOSE (the handoff), sampling never sees it;
+    the capture shows it begin (the server's FIN) and the step's reply names the socket it destroyed."""
+    run = synthetic.Run("kill-tw")
+    t = synthetic.handshake(run)
+    run.state(t, "client", "ESTABLISHED", "FIN_WAIT1")
+    run.send(t + 0.1, "client", "FA", 6, 1)
+    run.send(t + 0.4, "server", "FA", 1, 7)
+    run.state(t + 0.4 + ARRIVE, "client", "FIN_WAIT1", "FIN_WAIT2")
+    run.state(t + 0.42 + ARRIVE, "client", "FIN_WAIT2", "CLOSE")  # the handoff to the timewait socket
+    run.send(t + 0.45 + ARRIVE, "client", "A", 7, 2)
+    run.sample(t - 2, "client", "ESTABLISHED")
+    run.step(t + 1.3, "kill_socket", "client", {"remote_port": run.server_port, "state": "time-wait"}, name="kill",
+             result={"returned": 1, "killed": [f"0 0 10.250.1.1:{run.client_port} 10.250.2.10:{run.server_port}"]},
+             duration=6)
+    run.sample(t + 8, "client", "CLOSED", event="gone")
+    run.expect = [{"states": {"node": "client", "sequence": ["FIN_WAIT2", "TIME_WAIT", "CLOSED"]}}]
+    directory = run.write(tmp_path, judge=False)
+    assert [v.outcome for v in judge(directory)] == ["pass"]
+    client = timeline(directory, "client")
+    assert client.disagreements == []
+    tw, closed = client.transitions[-2:]
+    assert (tw.state, closed.state) == ("TIME_WAIT", "CLOSED")
+    assert round((closed.t - T0) * 1000, 2) == round(t + 1.3, 2)  # from the step's start, not the handoff's CLOSE
+    kill = next(step for step in run.steps if step["kind"] == "kill_socket")
+    assert closed.why == f"destroyed by step {kill['index'] + 1} (kill_socket, ss -K)"
+
+
+def test_a_kill_that_found_no_socket_in_that_state_ends_nothing(tmp_path):
+    run = synthetic.Run("kill-none")
+    t = synthetic.handshake(run)
+    run.step(t + 1, "kill_socket", "client", {"remote_port": run.server_port, "state": "time-wait"},
+             result={"returned": 1, "killed": [f"0 0 10.250.1.1:{run.client_port} 10.250.2.10:{run.server_port}"]})
+    directory = written(run, tmp_path)  # the client is ESTABLISHED: a time-wait kill cannot have been this socket
+    assert seen(directory, "client")[-1][0] == "ESTABLISHED"

@@ -20,6 +20,10 @@ diagram of RFC 9293 3.3.2, to the packet's timestamp. Linux's differences, kept 
   (an orphaned FIN_WAIT2 that outlived tcp_fin_timeout). The capture cannot say when.
 - A segment is processed when it is in order: a FIN behind a lost segment takes effect
   when the gap is filled (its retransmission arrives).
+- A socket a kill_socket step destroyed (ss -K: INET_DIAG_DESTROY, which reaches timewait
+  sockets too) is CLOSED from that step's start: no segment marks it, the step's reply
+  names the socket (and, with a state filter, its state), so it was alive, in that state,
+  when the step began, and gone by its end (the time is as precise as the step is short).
 
 Precision: a sent segment is captured just after the state change that sent it, a
 received one just before the kernel processes it (tens of µs), unless a packet rule in
@@ -106,11 +110,46 @@ def dropped_in_node(run_dir: Path, segments: list[Segment]) -> set[tuple[str, in
     return found
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A socket a kill_socket step destroyed: its node, ends, state (when the step named one), when."""
+    node: str
+    local: str
+    remote: str
+    state: str | None
+    t: float
+    step: int
+
+
+# ss's state names (its `state` filter and its State column) as the kernel's.
+SS_STATES = {"established": "ESTABLISHED", "estab": "ESTABLISHED", "syn-sent": "SYN_SENT", "syn-recv": "SYN_RECV",
+             "fin-wait-1": "FIN_WAIT1", "fin-wait-2": "FIN_WAIT2", "time-wait": "TIME_WAIT", "close-wait": "CLOSE_WAIT",
+             "last-ack": "LAST_ACK", "closing": "CLOSING", "listen": "LISTEN"}
+
+
+def kills(run_dir: Path) -> list[Kill]:
+    """Every socket the run's kill_socket steps destroyed, from steps.jsonl."""
+    found = []
+    for record in read_jsonl(run_dir / "steps.jsonl"):
+        if record.get("kind") != "kill_socket" or not record.get("ok") or record.get("t_end") is None:
+            continue
+        wanted = ((record.get("args") or {}).get("kill_socket") or {}).get("state")
+        for line in (record.get("result") or {}).get("killed") or []:
+            words = line.split()
+            if len(words) < 4:
+                continue
+            # With a state filter ss leaves its State column out; with "all" it comes first.
+            state = SS_STATES.get(str(wanted).lower()) if wanted and wanted != "all" else SS_STATES.get(words[0].lower())
+            found.append(Kill(record.get("node"), words[-2], words[-1], state, float(record.get("t_start") or record["t_end"]),
+                              int(record.get("index", -1))))
+    return found
+
+
 def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: set[tuple[str, int]] = frozenset(),
-           sysctls: NodeSysctls | None = None) -> list[EndpointMachine]:
+           sysctls: NodeSysctls | None = None, killed: list[Kill] = ()) -> list[EndpointMachine]:
     """Every endpoint socket incarnation that a capturing node's capture saw, with its states.
 
-    ``sysctls``: what each node ran with (None: Linux's defaults)."""
+    ``sysctls``: what each node ran with (None: Linux's defaults); ``killed``: sockets kill_socket steps destroyed."""
     sysctls = sysctls or NodeSysctls()
     owner = endpoints(nodes)
     machines: dict[tuple, EndpointMachine] = {}
@@ -130,11 +169,16 @@ def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: s
     for key, items in ordered.items():
         machine = EndpointMachine(*key, first=items[0][0].t, last=items[-1][0].t,
                                   rfc1337=lambda t, node=key[0]: sysctls.enabled(node, "net.ipv4.tcp_rfc1337", t))
+        destroyed = sorted((k for k in killed if (k.node, k.local, k.remote) == key[:3]), key=lambda k: k.t)
         for i, (segment, sent) in enumerate(items):
+            while destroyed and destroyed[0].t <= segment.t:
+                _destroyed(machine, destroyed.pop(0))
             if sent:
                 _sent(machine, segment)
             else:
                 _received(machine, segment, items[i + 1:])
+        for kill in destroyed:
+            _destroyed(machine, kill)
         machines[key] = machine
     # A TIME_WAIT socket whose 4-tuple a new connection took (a SYN it accepted) is gone then.
     by_socket: dict[tuple, list[EndpointMachine]] = {}
@@ -150,6 +194,13 @@ def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: s
                 old.transitions.append(CaptureTransition(new.first, "CLOSED", "the 4-tuple was taken by a new connection",
                                                          new.transitions[0].transmission, before=ours))
     return [m for m in machines.values() if m.transitions]
+
+
+def _destroyed(m: EndpointMachine, kill: Kill) -> None:
+    """A kill_socket step destroyed this socket, if it was the one alive then (in the state the step named)."""
+    if m.state in (None, "CLOSED") or kill.t < m.first or (kill.state is not None and kill.state != m.state):
+        return
+    m.transitions.append(CaptureTransition(kill.t, "CLOSED", f"destroyed by step {kill.step + 1} (kill_socket, ss -K)"))
 
 
 def _sent(m: EndpointMachine, s: Segment) -> None:

@@ -132,7 +132,8 @@ def load_timelines(run_dir: Path, segments: list[Segment] | None = None, nodes: 
     run = read_run(run_dir)  # checked: a damaged run.json gives what is usable of it
     capturing = {node for node, info in nodes.items() for iface in info.get("interfaces", {})
                  if capture_path(run_dir, node, iface).exists()}
-    machines = endpoint.replay(segments, nodes, capturing, endpoint.dropped_in_node(run_dir, segments), sysctls.load(run_dir))
+    machines = endpoint.replay(segments, nodes, capturing, endpoint.dropped_in_node(run_dir, segments), sysctls.load(run_dir),
+                               endpoint.kills(run_dir))
     sampled_nodes = {r.get("node") for r in records if r.get("source") == "sample"}
     interval = float(((run.get("observers") or {}).get("sample_interval")) or SAMPLE_INTERVAL)
     traced = bool((run.get("observers") or {}).get("tracepoints")) or any(r.get("source") == "tracepoint" for r in records)
@@ -347,7 +348,10 @@ def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: e
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             for a, b in zip(kernel[i1:i2], captured[j1:j2]):
-                merged.append(_agree(a, b, disagreements, interval, precision))
+                # A TIME_WAIT only the capture showed: the kernel's CLOSE was its handoff to a timewait
+                # socket (tracepoints see full sockets only), and the socket ended when the capture says.
+                handoff = bool(merged) and merged[-1].state == "TIME_WAIT" and merged[-1].sources == ("capture",)
+                merged.append(_agree(a, b, disagreements, interval, precision, handoff=handoff))
             continue
         for a in kernel[i1:i2]:
             merged.append(a)
@@ -381,12 +385,15 @@ def _merge_pair(timeline: SocketTimeline, captured: list[Transition], machine: e
 
 
 def _agree(a: Transition, b: Transition, disagreements: list[Disagreement], interval: float,
-           precision: float = endpoint.CAPTURE_PRECISION) -> Transition:
+           precision: float = endpoint.CAPTURE_PRECISION, handoff: bool = False) -> Transition:
     """The same transition from the kernel's sources (``a``) and a capture (``b``): one transition, every source."""
     at = {**a.at, "capture": b.t}
     sources = tuple(s for s in SOURCE_ORDER if s in a.sources or s == "capture")
     t = a.t
-    if "tracepoint" in a.sources and a.at.get("tracepoint") is not None:
+    if handoff and a.state == "CLOSED" and b.t >= a.t:
+        t = b.t
+        sources = tuple(s for s in sources if s != "tracepoint")
+    elif "tracepoint" in a.sources and a.at.get("tracepoint") is not None:
         kernel_t = a.at["tracepoint"]
         if a.state == "SYN_RECV" and b.t < kernel_t:
             t = b.t  # the request socket existed from the SYN; the tracepoint fires for the full socket at the ACK
