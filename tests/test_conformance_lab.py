@@ -52,5 +52,5 @@ def test_scenario_holds(engine, outcomes, label, tmp_path):
 
 
 def _failures(outcome) -> str:
-    failed = [f"{v['description']}: observed {v['observed']}" for v in outcome.verdicts if not v["passed"]]
+    failed = [f"{v.description}: observed {v.observed}" for v in outcome.verdicts if not v.passed]
     return f"{outcome.path}: " + "; ".join(failed)
