@@ -418,7 +418,8 @@ def test_the_builtin_teardown_lab_loads():
     assert lab.name == "teardown"
     assert list(lab.nodes) == ["client", "router", "server"]
     assert lab.routers() == ["router"]
-    assert lab.nodes["server"].sysctls == {"net.ipv4.tcp_timestamps": 1}
+    assert lab.nodes["server"].sysctls == {"net.ipv4.tcp_timestamps": 1, "net.ipv4.tcp_rfc1337": 1}
+    assert lab.nodes["client"].sysctls == {"net.ipv4.tcp_rfc1337": 1}
     assert [(link.name, link.endpoints) for link in lab.links] == [("left", ["client", "router"]), ("right", ["router", "server"])]
 
 
