@@ -32,6 +32,7 @@ from .analyze.timeline import Timeline, Transmission
 from .engine import Engine, ExecResult, default_engine
 from .errors import UserError
 from .impairments import Direction, LoopResult
+from .instances import DEFAULT_INSTANCE, check_instance
 from .loader import LoadedLab, load_scenarios, scenario_files
 from .model import Link, Node
 from .rundir import Damage, latest_run, load_json, read_run
@@ -111,8 +112,9 @@ class Lab:
         return {entry["scenario"]: entry["runs"] for entry in checked["scenarios"]}
 
     def up(self, *, engine: Engine | None = None, keep: bool = False, offline: bool = False,
-           results: Path | None = None, progress: Progress | None = None) -> "RunningLab":
+           results: Path | None = None, progress: Progress | None = None, instance: str | None = None) -> "RunningLab":
         """Bring the lab up now (or reconcile it with its file) and return it running.
+        ``instance``: another isolated copy of the lab beside the others (see ``labctl.instances``).
 
         Used as a context manager, the lab is taken down when the block ends, also on an
         exception; ``keep=True`` leaves it up. ``results``: where its runs' directories go
@@ -125,14 +127,15 @@ class Lab:
                 running.exec("client", ["ping", "-c1", "server"]).exit_code
             # -> 0
         """
+        instance = check_instance(instance)  # a bad name is refused before anything is made
         engine = engine or default_engine()
         try:
-            api.up(self.ref, self.params, engine=engine, offline=offline, progress=progress)
+            api.up(self.ref, self.params, engine=engine, offline=offline, progress=progress, instance=instance)
         except BaseException as exc:
             if not keep:
-                _down_after(exc, lambda: api.down(self.name, engine=engine))
+                _down_after(exc, lambda: api.down(self.name, engine=engine, instance=instance))
             raise
-        return RunningLab(self, engine, keep=keep, results=results, progress=progress)
+        return RunningLab(self, engine, keep=keep, results=results, progress=progress, instance=instance)
 
     def __repr__(self) -> str:
         return f"Lab({self.name!r}, nodes={sorted(self.nodes)}, params={self.params})"
@@ -159,8 +162,9 @@ class RunningLab:
     """
 
     def __init__(self, lab: Lab, engine: Engine, *, keep: bool = False, results: Path | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, instance: str = DEFAULT_INSTANCE):
         self.lab = lab
+        self.instance = instance
         self.engine = engine
         self.keep = keep
         self.results = results
@@ -184,7 +188,7 @@ class RunningLab:
 
     def down(self) -> list[str]:
         """Remove the lab's containers and networks (found by their labels); returns their names."""
-        removed = api.down(self.name, engine=self.engine)
+        removed = api.down(self.name, engine=self.engine, instance=self.instance)
         self.is_down = True
         return removed
 
@@ -198,11 +202,11 @@ class RunningLab:
             # -> 0
         """
         command = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
-        return api.exec_in(self.name, node, command, engine=self.engine)
+        return api.exec_in(self.name, node, command, engine=self.engine, instance=self.instance)
 
     def status(self) -> api.LabStatus:
         """What the engine and the nodes' agents say now: nodes, interfaces, routes, impairments in force."""
-        [status] = api.status(self.name, engine=self.engine)
+        [status] = api.status(self.name, engine=self.engine, instance=self.instance)
         return status
 
     def impair(self, link: str, from_node: str | None = None, *, clear: bool = False, **settings: Any) -> list[Direction]:
@@ -214,12 +218,14 @@ class RunningLab:
             running.impair("right", from_node="router", delay="50ms", loss="5%")
             running.impair("right", clear=True)
         """
-        return api.impair(self.name, link, from_node, settings, clear, params=self.lab.params, engine=self.engine)
+        return api.impair(self.name, link, from_node, settings, clear, params=self.lab.params, engine=self.engine,
+                          instance=self.instance)
 
     def loop(self, r1: str, r2: str, seconds: float | str | None = None, match: Mapping[str, Any] | None = None, *,
              heal: bool = False) -> LoopResult:
         """A transient forwarding loop between two routers for ``seconds``; it heals by itself (see ``api.loop``)."""
-        return api.loop(self.name, r1, r2, seconds, match, heal=heal, params=self.lab.params, engine=self.engine)
+        return api.loop(self.name, r1, r2, seconds, match, heal=heal, params=self.lab.params, engine=self.engine,
+                        instance=self.instance)
 
     def run(self, scenario: str, params: Params | None = None) -> "Run":
         """Run one scenario (a name in the lab, or a file) and return its ``Run``.
@@ -245,11 +251,13 @@ class RunningLab:
         """Run scenarios (all of the lab's when none are named), one ``Run`` per matrix point.
         Every run is validated before the first starts."""
         merged = {**self.lab.params, **(params or {})}
-        results = api.run(self.lab.ref, scenarios, merged, engine=self.engine, root=self.results, progress=self.progress)
+        results = api.run(self.lab.ref, scenarios, merged, engine=self.engine, root=self.results, progress=self.progress,
+                          instance=self.instance)
         return [Run(result.path, verdicts=result.verdicts, status=result.status) for result in results]
 
     def __repr__(self) -> str:
-        return f"RunningLab({self.name!r}{', down' if self.is_down else ''}{', keep' if self.keep else ''})"
+        instance = "" if self.instance == DEFAULT_INSTANCE else f", instance={self.instance!r}"
+        return f"RunningLab({self.name!r}{instance}{', down' if self.is_down else ''}{', keep' if self.keep else ''})"
 
 
 class Run:

@@ -115,6 +115,22 @@ def test_exec_reaches_the_instance_named(lab):
     assert engine.node("mem", "client").execs == []
 
 
+def test_the_object_api_runs_on_the_instance_it_was_brought_up_as(lab):
+    from labctl import Lab
+
+    engine = MemoryEngine()
+    api.up(lab, engine=engine)
+    with Lab.load(lab).up(engine=engine, instance="b") as running:
+        assert running.instance == "b" and "instance='b'" in repr(running)
+        running.exec("client", ["true"])
+        assert engine.node("mem.b", "client").execs == [["true"]] and engine.node("mem", "client").execs == []
+        assert running.status().instance == "b"
+    assert engine.labs() == ["mem"]  # the block took down b only
+    with pytest.raises(UserError, match="instance name"):
+        Lab.load(lab).up(engine=engine, instance="B")
+    assert engine.labs() == ["mem"]
+
+
 def test_a_bad_instance_name_creates_nothing(lab):
     engine = MemoryEngine()
     for call in (lambda: api.up(lab, engine=engine, instance="B"), lambda: api.run(lab, engine=engine, instance="a-b"),
