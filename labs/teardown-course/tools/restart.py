@@ -55,6 +55,11 @@ def main(argv):
         return 0
     program, port = argv[0], int(argv[1])
     stop(program)
+    # A killed process leaves /proc's cmdline (its memory goes first) before its sockets close:
+    # until its listening socket is gone, "listening" would be the old server's.
+    deadline = time.monotonic() + 2
+    while listening(port) and time.monotonic() < deadline:
+        time.sleep(0.01)
     started = time.monotonic()
     with open(LOG, "wb") as log:
         proc = subprocess.Popen([sys.executable, program, str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
