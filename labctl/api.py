@@ -608,9 +608,10 @@ class ComposeExport:
 
 def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, output: Path | None = None,
                    templates: Path | None = None, engine: Engine | None = None, build: bool = True,
-                   progress: Progress | None = None) -> ComposeExport:
+                   progress: Progress | None = None, instance: str | None = None) -> ComposeExport:
     """Write the lab as a Compose project (``compose.yaml`` and ``.env``) into ``output``
     (default ``./<lab>-compose``), from ``compose-templates/`` or the user's ``templates``.
+    ``instance``: that instance of the lab (its names, and its fixed subnets moved as `up` would).
 
     The node image is the one ``up`` would use; it is built now when missing (``build``).
     Without a reachable engine the file still comes out, naming the image to build.
@@ -618,6 +619,7 @@ def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, 
     from .engine.docker.image import expected_tag
     from .export import compose
 
+    instance = check_instance(instance)
     loaded = load_lab(ref, params)
     try:
         engine = engine or default_engine()
@@ -631,7 +633,7 @@ def export_compose(ref: str | Path, params: Mapping[str, str] | None = None, *, 
             image, state = present or expected_tag(), "present" if present else "missing"
         else:
             image, state = engine.ensure_image(progress=progress).tag, "built"
-    plan = _plan_on(engine, loaded) if engine is not None else plan_lab(loaded, {})
+    plan = _plan_on(engine, loaded, instance) if engine is not None else plan_lab(loaded, {}, {}, instance)
     context = compose.compose_context(plan, image, description=loaded.lab.description)
     rendered = compose.render(context, templates)
     directory = Path(output) if output is not None else Path(f"{loaded.lab.name}-compose")

@@ -709,7 +709,8 @@ def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
                    output: Optional[str] = typer.Option(None, "--output", "-o", help="Directory to write compose.yaml and .env into (default ./LAB-compose)."),
                    templates: Optional[str] = typer.Option(None, "--templates", help="Your own template directory (compose.yaml.j2 and any other *.j2)."),
                    build: bool = typer.Option(True, help="Build the node image now if it is missing."),
-                   as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON.")) -> None:
+                   as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+                   instance: Optional[str] = INSTANCE_OPT) -> None:
     """Write a lab as a Compose project that brings up the same lab as `labctl up`.
 
     Example: labctl export compose teardown -o td && cd td && docker-compose up -d && labctl run teardown
@@ -718,7 +719,8 @@ def export_compose(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
 
     with progress_shown(not as_json) as progress:
         result = api.export_compose(lab, api.parse_params(param), output=Path(output) if output else None,
-                                    templates=Path(templates) if templates else None, build=build, progress=progress)
+                                    templates=Path(templates) if templates else None, build=build, progress=progress,
+                                    instance=instance)
     if as_json:
         out.print_json(data={"directory": str(result.directory), "files": [str(f) for f in result.files], "image": result.image,
                              "image_state": result.image_state, "templates": str(result.templates)})

@@ -398,3 +398,16 @@ links:
         down = _compose(project, "down")
     assert down.returncode == 0, down.stderr
     assert lab_objects(engine, name) == []
+
+
+def test_an_instance_is_exported_with_its_own_names_and_moved_subnets():
+    plan = plan_lab(load_lab("teardown"), {}, {}, "b")
+    context = compose.compose_context(plan, IMAGE)
+    rendered = yaml.safe_load(compose.render(context).files["compose.yaml"])
+    assert context["project"] == "labctl-teardown_b"
+    assert {s["container_name"] for s in rendered["services"].values() if "container_name" in s} >= {
+        "labctl-teardown.b-client", "labctl-teardown.b-router", "labctl-teardown.b-server"}
+    moved = dict(plan.remap.moves)
+    subnets = {str(link["subnet"]) for link in context["links"]}
+    assert subnets == {str(new) for new in moved.values()} and not subnets & {"10.250.1.0/24", "10.250.2.0/24"}
+    assert all(s["labels"]["org.labctl.instance"] == "b" for name, s in rendered["services"].items() if "org.labctl.node" in s["labels"])

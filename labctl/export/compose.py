@@ -86,7 +86,8 @@ def compose_context(plan: LabPlan, image: str, *, description: str = "") -> dict
                         hint="rename that node in the lab file")
     return {
         "lab": {"name": plan.lab, "description": description, "source": plan.source, "params": dict(plan.params)},
-        "project": f"labctl-{plan.key}",
+        # Compose project names take no dots; lab names take no '_': one project per lab instance.
+        "project": f"labctl-{plan.key.replace('.', '_')}",
         "image": image,
         "capabilities": list(CAPABILITIES),
         "links": links,
