@@ -2,6 +2,7 @@
 """Run every scenario of a lab N times; print pass/fail/undecided counts and the spread of key timings.
 
     python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR] [--cpu-hog]
+    python3 scripts/repeat_scenarios.py --from DIR [DIR...]   # the table again, from run directories
 
 Each run is a full `labctl run` (observers, captures, verdicts). A scenario
 with a matrix counts each matrix point as its own line. Timings come from the
@@ -14,6 +15,9 @@ process per core for the whole round (labctl.cpuload); it prints both tables
 and a third with the pass counts side by side and how each timing's median
 (and its slowest run) moved under the hog. Run directories then go to
 DIR/unloaded and DIR/cpu-hog.
+With --from, nothing runs: the table is made from the run directories found
+under each DIR (several processes' results, say, or an earlier --results), by
+each run's scenario label (run.json), so a published table can be re-made.
 Prints figures only:
 the exit status is 0 when every run of every scenario passed, 1 otherwise.
 """
@@ -21,6 +25,7 @@ the exit status is 0 when every run of every scenario passed, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -29,6 +34,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 # The labctl of this checkout, not whichever one is installed (a worktree tests its own code).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,15 +96,36 @@ def shift(unloaded: list[float], loaded: list[float]) -> str:
     return f"{delta * 1000:+.1f} ms (max {(max(loaded) - max(unloaded)) * 1000:+.0f})"
 
 
-def table_of(title: str, tally: Tally, times: int) -> Table:
+def table_of(title: str, tally: Tally) -> Table:
     table = Table(title=title)
     for column in ("scenario", "passed", "failed", "undecided", *(title for _, title in TIMINGS)):
         table.add_column(column, justify="left" if column == "scenario" else "right")
     for scenario in sorted(tally.counts):
         row = tally.counts[scenario]
-        table.add_row(escape(scenario), f"{row[PASS]}/{times}", str(row[FAIL]), str(row["undecided"]),
+        table.add_row(escape(scenario), f"{row[PASS]}/{sum(row.values())}", str(row[FAIL]), str(row["undecided"]),
                       *(spread(tally.timings[scenario][name]) for name, _ in TIMINGS))
     return table
+
+
+def from_run_directories(roots: list[Path], console: Console) -> int:
+    """The table of runs already made: every directory with a run.json under each root."""
+    tally = Tally()
+    for run_json in sorted(path for root in roots for path in root.rglob("run.json")):
+        try:
+            run = json.loads(run_json.read_text())
+            label, status = run.get("label") or run["scenario"], run.get("status")
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            console.print(f"[yellow]skipped[/yellow] {escape(str(run_json))}: {exc}")
+            continue
+        if status == "running":  # another process is making it: not an outcome yet
+            console.print(f"[yellow]skipped[/yellow] {escape(str(run_json.parent))}: still running")
+            continue
+        tally.add(SimpleNamespace(path=run_json.parent, scenario=label, status=status))
+    runs = sum(sum(row.values()) for row in tally.counts.values())
+    console.print(table_of(f"{runs} run(s) from {', '.join(str(r) for r in roots)}", tally))
+    for scenario, paths in tally.failures.items():
+        console.print(f"[red]{escape(scenario)}[/red]: " + ", ".join(paths))
+    return 1 if tally.failures else 0
 
 
 def main() -> int:
@@ -109,8 +136,12 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=None, help="keep run directories here (default: a temporary folder)")
     parser.add_argument("--cpu-hog", action="store_true",
                         help="each round twice: unloaded, then with a busy process on every core; both tables and the shift")
+    parser.add_argument("--from", dest="from_dirs", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="run nothing: the table from the run directories under each DIR")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped: never cut scenario names
+    if args.from_dirs:
+        return from_run_directories(args.from_dirs, console)
     root = args.results or Path(tempfile.mkdtemp(prefix="labctl-repeat-"))
     conditions = {"unloaded": Tally(), "cpu hog": Tally()} if args.cpu_hog else {"unloaded": Tally()}
     for round_number in range(1, args.times + 1):
@@ -129,7 +160,7 @@ def main() -> int:
                           + (f"; {hog.describe()}" if hog is not None else ""))
     for condition, tally in conditions.items():
         title = f"{args.lab}: {args.times} runs of each scenario" + (f", {condition}" if args.cpu_hog else "")
-        console.print(table_of(f"{title} (run directories in {root})", tally, args.times))
+        console.print(table_of(f"{title} (run directories in {root})", tally))
     if args.cpu_hog:
         unloaded, loaded = conditions["unloaded"], conditions["cpu hog"]
         table = Table(title=f"{args.lab}: what the CPU hog changed (median under the hog minus median unloaded; max: the same for the slowest run)")
