@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every scenario of a lab N times; print pass/fail/undecided counts and the spread of key timings.
 
-    python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR] [--cpu-hog]
+    python3 scripts/repeat_scenarios.py [LAB] [--times 10] [--results DIR] [--cpu-hog] [--instance NAME]
     python3 scripts/repeat_scenarios.py --from DIR [DIR...]   # the table again, from run directories
 
 Each run is a full `labctl run` (observers, captures, verdicts). A scenario
@@ -136,6 +136,8 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=None, help="keep run directories here (default: a temporary folder)")
     parser.add_argument("--cpu-hog", action="store_true",
                         help="each round twice: unloaded, then with a busy process on every core; both tables and the shift")
+    parser.add_argument("--instance", default=None,
+                        help="run on this instance of the lab (two processes on two instances repeat side by side)")
     parser.add_argument("--from", dest="from_dirs", type=Path, nargs="+", default=None, metavar="DIR",
                         help="run nothing: the table from the run directories under each DIR")
     args = parser.parse_args()
@@ -150,7 +152,7 @@ def main() -> int:
             # Under --cpu-hog the conditions alternate round by round, so both meet the same machine.
             where = root / condition.replace(" ", "-") if args.cpu_hog else root
             with cpu_hog() if condition == "cpu hog" else nullcontext() as hog:
-                outcomes = api.run(args.lab, args.scenario, root=where)
+                outcomes = api.run(args.lab, args.scenario, root=where, instance=args.instance)
             if hog is not None:
                 tally.hogs.append(hog)
             for result in outcomes:
