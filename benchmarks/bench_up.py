@@ -47,11 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labctl import api  # noqa: E402
 from labctl.engine import default_engine  # noqa: E402
-from labctl.engine.docker_engine import CAPABILITIES, PARALLEL, DockerEngine  # noqa: E402
-from labctl.engine.image import expected_tag  # noqa: E402
+from labctl.engine.docker import DockerEngine  # noqa: E402
+from labctl.engine.docker.client import PARALLEL  # noqa: E402
+from labctl.engine.docker.deploy import CAPABILITIES  # noqa: E402
+from labctl.engine.docker.image import expected_tag  # noqa: E402
+from labctl.engine.docker.labels import LABEL_LAB, LABEL_OWNER, OWNER  # noqa: E402
 from labctl.errors import UserError  # noqa: E402
 from labctl.loader import load_lab  # noqa: E402
-from labctl.plan import LABEL_LAB, LABEL_OWNER, OWNER, LabPlan, plan_lab, subnet_pool  # noqa: E402
+from labctl.plan import LabPlan, plan_lab, subnet_pool  # noqa: E402
 
 FLOOR_LAB = "bench-floor"
 FLOOR_PREFIX = "bench-floor-"
@@ -131,7 +134,7 @@ def floor_of(plan: LabPlan, key: str, avoid: Iterable[IPv4Network], pool: IPv4Ne
 
     names = {link.name: f"{FLOOR_PREFIX}{key}-{link.name}" for link in plan.links}
     return Floor(
-        tuple(FloorNetwork(names[link.name], moved[link.name][1], shift(link.name, link.gateway)) for link in plan.links),
+        tuple(FloorNetwork(names[link.name], moved[link.name][1], shift(link.name, link.reserved)) for link in plan.links),
         tuple(FloorContainer(f"{FLOOR_PREFIX}{key}-{node.name}",
                              tuple((names[i.link], shift(i.link, i.address.ip)) for i in node.interfaces))
               for node in plan.nodes),

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import docker.errors
 import docker.types
@@ -209,10 +209,13 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
         report.removed.append(networks[name].name)
 
     report.kept.extend(network_name(plan.key, link.name) for link in todo.kept_links)
-    for link in todo.new_links:
+
+    def create_link(link: LinkPlan) -> None:
         progress(f"creating link {link.name} {link.subnet}")
         _create_network(engine, plan, link, remember, token)
-        report.created.append(network_name(plan.key, link.name))
+
+    _in_parallel(create_link, todo.new_links, cancel)
+    report.created.extend(network_name(plan.key, link.name) for link in todo.new_links)
     if todo.new_links or todo.new_nodes:
         # Once the networks exist: Docker has put their isolation drops on top (see hostfw).
         engine.allow_bridged_frames(image, progress)
@@ -242,16 +245,31 @@ def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remem
 
 def _create_nodes(engine: "DockerEngine", plan: LabPlan, todo: list[NodePlan], image: str, progress: Progress,
                   remember: Remember, token: str, cancel: threading.Event) -> None:
-    pool = ThreadPoolExecutor(max_workers=min(PARALLEL, len(todo)), thread_name_prefix="labctl-node")
-    futures = [pool.submit(_create_node, engine, plan, node, image, remember, token, cancel) for node in todo]
+    _in_parallel(lambda node: _create_node(engine, plan, node, image, remember, token, cancel), todo, cancel,
+                 lambda node: progress(f"node {node.name} up"))
+
+
+def _in_parallel(work: Callable, items: Sequence, cancel: threading.Event | None = None,
+                 done: Callable | None = None) -> None:
+    """``work`` on each item, PARALLEL at once; ``done(item)`` in order as each finishes. On the first
+    failure (or Ctrl-C) nothing new starts, and calls in flight finish, so rollback sees all they made."""
+    pool = ThreadPoolExecutor(max_workers=min(PARALLEL, len(items)), thread_name_prefix="labctl-deploy")
+
+    def guarded(item):
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        return work(item)
+
+    futures = [pool.submit(guarded, item) for item in items]
     try:
-        for node, future in zip(todo, futures):
+        for item, future in zip(items, futures):
             future.result()
-            progress(f"node {node.name} up")
+            if done is not None:
+                done(item)
     except BaseException:
         for future in futures:
             future.cancel()
-        wait(futures)  # let creations in flight finish, so rollback sees them all
+        wait(futures)  # let calls in flight finish, so rollback sees them all
         raise
     finally:
         pool.shutdown(wait=True)
@@ -325,11 +343,15 @@ def remove_objects(api, objects: list[tuple[str, str]]) -> None:
     if containers:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(containers))) as pool:
             list(pool.map(remove_container, containers))
-    for ident in networks:
+    def remove_network(ident: str) -> None:
         try:
             api.remove_network(ident)
         except docker.errors.NotFound:
             pass
+
+    if networks:
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(networks))) as pool:
+            list(pool.map(remove_network, networks))
     for name in (ident for kind, ident in objects if kind == "volume"):
         try:
             api.remove_volume(name, force=True)
