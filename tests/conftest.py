@@ -11,6 +11,7 @@ import pytest
 
 from labctl import api
 from labctl.engine.docker import DockerEngine
+from labctl.engine.docker.labels import VETH_PREFIX
 from labctl.instances import split_key
 
 
@@ -56,7 +57,13 @@ def make_lab(tmp_path, engine):
 
 
 def lab_objects(engine: DockerEngine, lab: str) -> list[str]:
-    """Every container and network the engine holds for a lab, by label."""
+    """Every container and network the engine holds for a lab (any instance), by label, and its bridges and veths on the host."""
     label = f"org.labctl.lab={lab}"
     return ([c.name for c in engine.client.containers.list(all=True, filters={"label": label})]
-            + [n.name for n in engine.client.networks.list(filters={"label": label})])
+            + [n.name for n in engine.client.networks.list(filters={"label": label})]
+            + [link.name for link in engine.inventory.host_links(None) if link.lab == lab])
+
+
+def nodes_and_links(engine: DockerEngine, lab: str) -> list[str]:
+    """The lab's containers and what holds its links (Docker networks or host bridges): what `down` names."""
+    return [name for name in lab_objects(engine, lab) if not name.startswith(VETH_PREFIX)]

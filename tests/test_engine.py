@@ -14,7 +14,7 @@ import pytest
 from labctl import api
 from labctl.errors import EngineError, LabFileError
 
-from .conftest import THREE_NODES, lab_objects
+from .conftest import THREE_NODES, lab_objects, nodes_and_links
 
 pytestmark = pytest.mark.engine
 
@@ -81,7 +81,7 @@ def test_nodes_are_shaped_for_true_captures(engine, teardown_lab):
 
 
 def test_down_leaves_nothing_of_the_lab(engine, teardown_lab):
-    assert len(lab_objects(engine, teardown_lab)) == 5
+    assert len(nodes_and_links(engine, teardown_lab)) == 5
     removed = api.down(teardown_lab, engine=engine)
     assert len(removed) == 5
     assert lab_objects(engine, teardown_lab) == []
@@ -118,7 +118,7 @@ def test_two_labs_up_at_once(engine, node_image, make_lab):
         assert run(engine, result.plan.lab, "client", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
     api.down(one.plan.lab, engine=engine)
     assert lab_objects(engine, one.plan.lab) == []
-    assert len(lab_objects(engine, two.plan.lab)) == 5
+    assert len(nodes_and_links(engine, two.plan.lab)) == 5
     assert run(engine, two.plan.lab, "client", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
 
 

@@ -1,8 +1,9 @@
 """Shape a node's network after its container starts.
 
-The engine attaches one interface per link with the planned address; here
-we give each interface its link's name, turn off segmentation offloads and
-replace the engine's routes with the lab's.
+The engine attaches one interface per link, either with the planned address
+(Docker networks) or already named after its link (links wired from the host);
+here each gets its link's name and its address, segmentation offloads go off,
+and the lab's routes replace the engine's.
 """
 
 from __future__ import annotations
@@ -36,14 +37,22 @@ def apply(config: Setup) -> SetupReply:
                           error=f"the image lacks {', '.join(missing)} (Debian: {', '.join(sorted(set(missing.values())))})")
     actions: list[str] = []
     by_address = {}
+    names = set()
     for link in ip_json("addr", "show"):
+        names.add(link["ifname"])
         for addr in link.get("addr_info", []):
             if addr.get("family") == "inet":
                 by_address[f"{addr['local']}/{addr['prefixlen']}"] = link["ifname"]
     wanted = {i.address: i.name for i in config.interfaces}
-    missing = [a for a in wanted if a not in by_address]
+    # Interfaces wired from the host come named after their link, with no address yet; the
+    # engine's own (Docker networks) hold their address under a name of the engine's.
+    to_address = [a for a, name in wanted.items() if a not in by_address and name in names]
+    missing = [a for a in wanted if a not in by_address and a not in to_address]
     if missing:
         raise RuntimeError(f"no interface holds {', '.join(missing)}; have {sorted(by_address)}")
+    ip_batch([f"addr add {a} dev {wanted[a]}" for a in to_address])
+    by_address.update({a: wanted[a] for a in to_address})
+    actions.extend(f"address {a} on {wanted[a]}" for a in to_address)
     # Rename in two passes so a link called e.g. 'eth1' cannot collide with the engine's eth1.
     renames = [(by_address[a], name) for a, name in wanted.items() if by_address[a] != name]
     batch = [f"link set dev {current} down" for current, _ in renames]

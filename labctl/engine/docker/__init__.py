@@ -2,7 +2,9 @@
 
 One job per module: ``client`` reaches the engine, ``labels`` names and
 labels its objects, ``inventory`` reads them back, ``deploy`` reconciles a
-plan into them, ``hostfw`` lets frames cross lab bridges on filtering hosts,
+plan into them, ``hostlinks`` wires links from the host (bridges and veths,
+where labctl runs as root beside the engine; else links are Docker networks),
+``hostfw`` lets frames cross lab bridges on filtering hosts,
 ``execs`` runs commands in containers, ``netns`` the helper in a node's
 network namespace, ``tty`` the terminal of ``labctl shell``, ``image`` the
 node image.
@@ -25,8 +27,9 @@ from .. import DeployReport, Engine, ExecResult, ImageEntry, LinkState, NodeStat
 from ..tracefs import Tracefs
 from . import client as engine_client
 from . import deploy as deployment
-from . import execs, hostfw, netns, tty
+from . import execs, hostfw, hostlinks, netns, tty
 from . import image as node_image
+from .hostlinks import HostLinks
 from .inventory import Inventory
 from .labels import HELPER_LABS, LABEL_LAB, LABEL_NODE, LABEL_OWNER, OWNER, helper
 
@@ -43,7 +46,13 @@ class DockerEngine(Engine):
     def __init__(self, client: docker.DockerClient):
         self.client = client
         self.api = client.api
-        self.inventory = Inventory(client)
+        # Links wired from the host (hostlinks.py) where labctl may, else Docker networks; the host's
+        # links are read wherever the engine is local, so a lab wired either way is seen and removed.
+        local = engine_client.engine_is_local()
+        self.wiring_unavailable = hostlinks.available() if local else "the engine is not on this host"
+        self.wiring = "host" if self.wiring_unavailable is None else "docker"
+        self.hostlinks = HostLinks() if local and hostlinks.importable() else None
+        self.inventory = Inventory(client, self.hostlinks)
 
     @classmethod
     def connect(cls) -> "DockerEngine":

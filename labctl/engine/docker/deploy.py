@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import docker.errors
@@ -26,8 +27,8 @@ from .. import DeployReport, Progress, reconcile, state_digest
 from ..reconcile import Held
 from .client import PARALLEL, reason
 from ...instances import describe, flag
-from .labels import (LABEL_DEPLOY, LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, bridge_name,
-                     container_name, identity, network_name, of_lab, record_name)
+from .labels import (LABEL_DEPLOY, LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, LABEL_WIRING, bridge_name,
+                     container_name, identity, network_name, of_lab, record_name, veth_name)
 
 if TYPE_CHECKING:
     from . import DockerEngine
@@ -118,7 +119,7 @@ def _deploy(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progres
         # a node's setup failed or the user pressed Ctrl-C.
         progress("rolling back what this run created")
         try:
-            remove_objects(engine.api, created + _made_by(engine, plan.key, token))
+            remove_objects(engine, created + _made_by(engine, plan.key, token))
         except docker.errors.APIError:
             if not report.removed:
                 raise
@@ -135,7 +136,8 @@ def _made_by(engine: "DockerEngine", lab: str, token: str) -> list[tuple[str, st
     label = {"label": [*of_lab(lab), f"{LABEL_DEPLOY}={token}"]}
     return ([("container", c.id) for c in engine.client.containers.list(all=True, filters=label, ignore_removed=True)]
             + [("network", n.id) for n in engine.client.networks.list(filters=label)]
-            + [("volume", v.name) for v in engine.client.volumes.list(filters=label)])
+            + [("volume", v.name) for v in engine.client.volumes.list(filters=label)]
+            + [(link.kind, link.name) for link in engine.inventory.host_links(lab) if link.meta.get("deploy") == token])
 
 
 def _labels(plan: LabPlan, token: str, **more: str) -> dict[str, str]:
@@ -154,7 +156,7 @@ def _record(engine: "DockerEngine", plan: LabPlan, image: str, token: str, remem
         volume = engine.client.volumes.create(record_name(plan.key, digest), driver="local",
                                               labels=_labels(plan, token, **{LABEL_STATE: digest}))
         remember("volume", volume.name)
-    remove_objects(engine.api, [("volume", v.name) for v in old if (v.attrs.get("Labels") or {}).get(LABEL_STATE) != digest])
+    remove_objects(engine, [("volume", v.name) for v in old if (v.attrs.get("Labels") or {}).get(LABEL_STATE) != digest])
 
 
 def _health(engine: "DockerEngine", lab: str, node: str, spec: str) -> str | None:
@@ -170,17 +172,42 @@ def _health(engine: "DockerEngine", lab: str, node: str, spec: str) -> str | Non
     return None
 
 
+@dataclass(frozen=True)
+class _LinkObject:
+    """What holds a link on the engine: a Docker network, or a bridge wired from the host."""
+
+    kind: str  # "network" | "bridge"
+    ident: str  # what remove_objects takes: the network's id, the bridge's name
+    name: str
+    spec: str
+
+
 def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict, dict, dict, dict]:
-    """(networks, containers) by link and node name, the same as ``reconcile.Held``, and why
-    each unconfigured node is (asked of its agent: present is not healthy)."""
-    networks = {(n.attrs.get("Labels") or {}).get(LABEL_LINK): n for n in engine.inventory.networks(plan.key)}
+    """(link objects, containers) by link and node name, the same as ``reconcile.Held``, and why
+    each unconfigured node is (asked of its agent: present is not healthy). Objects of the other
+    wiring than this engine's (a lab brought up with Docker networks, now wired from the host, or
+    the other way round) count as changed: they are replaced."""
+    wiring = engine.wiring
+    objects: dict[str, list[_LinkObject]] = {}
+    for net in engine.inventory.networks(plan.key):
+        labels = net.attrs.get("Labels") or {}
+        objects.setdefault(labels.get(LABEL_LINK), []).append(_LinkObject("network", net.id, net.name, labels.get(LABEL_SPEC, "")))
+    ports: dict[str, set[str]] = {}  # node -> links it has an interface on (host wiring)
+    for link in engine.inventory.host_links(plan.key):
+        if link.kind == "bridge":
+            objects.setdefault(link.meta.get("link"), []).append(_LinkObject("bridge", link.name, link.name, link.meta.get("spec", "")))
+        elif link.meta.get("node"):
+            ports.setdefault(link.meta["node"], set()).add(link.meta.get("link", ""))
+    kind = "bridge" if wiring == "host" else "network"
+    links = {name: Held(held[0].spec if len(held) == 1 and held[0].kind == kind else "") for name, held in objects.items()}
     containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.key)}
-    link_of = {net.name: name for name, net in networks.items()}
-    links = {name: Held((net.attrs.get("Labels") or {}).get(LABEL_SPEC, "")) for name, net in networks.items()}
+    network_link = {o.name: name for name, held in objects.items() for o in held if o.kind == "network"}
     wanted = {node.name: node.spec_hash(image) for node in plan.nodes}
+    # A container of the other wiring is changed whatever its spec says.
+    spec = {name: ctr.labels.get(LABEL_SPEC, "") if ctr.labels.get(LABEL_WIRING, "docker") == wiring else ""
+            for name, ctr in containers.items()}
     # Only nodes that would be kept are asked: the rest go anyway.
-    asked = [name for name, ctr in containers.items()
-             if ctr.status == "running" and name in wanted and ctr.labels.get(LABEL_SPEC) == wanted[name]]
+    asked = [name for name, ctr in containers.items() if ctr.status == "running" and name in wanted and spec[name] == wanted[name]]
     problems: dict[str, str] = {}
     if asked:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(asked))) as pool:
@@ -188,38 +215,40 @@ def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict
             problems = {name: why for name, why in zip(asked, found) if why}
     nodes = {}
     for name, ctr in containers.items():
-        attached = ((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()
-        nodes[name] = Held(ctr.labels.get(LABEL_SPEC, ""), ctr.status == "running",
-                           frozenset(link_of[n] for n in attached if n in link_of), configured=name not in problems)
-    return networks, containers, links, nodes, problems
+        attached = {network_link[n] for n in ((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}) if n in network_link}
+        nodes[name] = Held(spec[name], ctr.status == "running", frozenset(attached | ports.get(name, set())),
+                           configured=name not in problems)
+    return objects, containers, links, nodes, problems
 
 
 def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress, report: DeployReport,
                remember: Remember, token: str, cancel: threading.Event) -> None:
-    networks, containers, held_links, held_nodes, problems = _held(engine, plan, image)
+    objects, containers, held_links, held_nodes, problems = _held(engine, plan, image)
     todo = reconcile.changes(plan, image, held_links, held_nodes)
     for name in todo.stale_nodes:
         why = problems.get(name) or ("not running" if not held_nodes[name].running else "changed")
         progress(f"removing node {name} ({why})")
-        remove_objects(engine.api, [("container", containers[name].id)])
+        remove_objects(engine, [("container", containers[name].id)])
         report.removed.append(containers[name].name)
     for name in todo.stale_links:
         progress(f"removing link {name} (changed)")
-        remove_objects(engine.api, [("network", networks[name].id)])
-        report.removed.append(networks[name].name)
+        remove_objects(engine, [(o.kind, o.ident) for o in objects[name]])
+        report.removed.extend(o.name for o in objects[name])
 
-    report.kept.extend(network_name(plan.key, link.name) for link in todo.kept_links)
+    report.kept.extend(link_object_name(engine, plan.key, link.name) for link in todo.kept_links)
 
     def create_link(link: LinkPlan) -> None:
         progress(f"creating link {link.name} {link.subnet}")
-        _create_network(engine, plan, link, remember, token)
+        if engine.wiring == "host":
+            _create_bridge(engine, plan, link, remember, token)
+        else:
+            _create_network(engine, plan, link, remember, token)
 
     _in_parallel(create_link, todo.new_links, cancel)
-    report.created.extend(network_name(plan.key, link.name) for link in todo.new_links)
+    report.created.extend(link_object_name(engine, plan.key, link.name) for link in todo.new_links)
     if todo.new_links or todo.new_nodes:
         # Once the networks exist: Docker has put their isolation drops on top (see hostfw).
         engine.allow_bridged_frames(image, progress)
-
     report.kept.extend(container_name(plan.key, node.name) for node in todo.kept_nodes)
     if todo.new_nodes:
         _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember, token, cancel)
@@ -228,6 +257,23 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
     if report.changed and todo.kept_nodes:
         # Nodes that stay learn the names of the new ones.
         agent.refresh_hosts(engine, plan.key, todo.kept_nodes)
+
+
+def link_object_name(engine: "DockerEngine", key: str, link: str) -> str:
+    """What holds a link on this engine: its bridge (wired from the host) or its Docker network."""
+    return bridge_name(network_name(key, link)) if engine.wiring == "host" else network_name(key, link)
+
+
+def _host_meta(plan: LabPlan, token: str, **more: str) -> dict[str, str]:
+    """A host link's record (its ifalias): the labels a Docker object would carry, the source left out (too long)."""
+    return {"lab": plan.lab, "instance": plan.instance, **more, "deploy": token}
+
+
+def _create_bridge(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember, token: str) -> None:
+    name = bridge_name(network_name(plan.key, link.name))
+    remember("bridge", name)  # before it exists: a rollback skips what is not there, never misses what is
+    engine.hostlinks.create_bridge(name, _host_meta(plan, token, link=link.name, spec=link.spec_hash(), subnet=str(link.subnet),
+                                                    reserved=str(link.reserved)))
 
 
 def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remember: Remember, token: str) -> None:
@@ -281,10 +327,15 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
         raise _Cancelled
     api = engine.api
     first, *rest = node.interfaces
-    labels = _labels(plan, token, **{LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image), LABEL_ROLE: node.role})
+    host = engine.wiring == "host"
+    labels = _labels(plan, token, **{LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image), LABEL_ROLE: node.role,
+                                     LABEL_WIRING: engine.wiring})
     first_network = network_name(plan.key, first.link)
-    host_config = api.create_host_config(cap_add=CAPABILITIES, init=True, network_mode=first_network, sysctls=dict(node.sysctls))
-    networking = api.create_networking_config({first_network: api.create_endpoint_config(ipv4_address=str(first.address.ip))})
+    # Wired from the host: the node starts with a network namespace of its own holding only lo.
+    host_config = api.create_host_config(cap_add=CAPABILITIES, init=True, network_mode="none" if host else first_network,
+                                         sysctls=dict(node.sysctls))
+    networking = None if host else api.create_networking_config(
+        {first_network: api.create_endpoint_config(ipv4_address=str(first.address.ip))})
     try:
         ident = api.create_container(node.image or image, name=container_name(plan.key, node.name), hostname=node.name,
                                      labels=labels, host_config=host_config, networking_config=networking, detach=True,
@@ -293,13 +344,20 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
         raise EngineError(f"cannot create node {node.name}: {reason(exc)}") from None
     remember("container", ident)
     try:
-        for iface in rest:
-            api.connect_container_to_network(ident, network_name(plan.key, iface.link), ipv4_address=str(iface.address.ip))
+        if not host:
+            for iface in rest:
+                api.connect_container_to_network(ident, network_name(plan.key, iface.link), ipv4_address=str(iface.address.ip))
         if node.image:
             agent.install_agent(engine, plan.key, node.name)
         api.start(ident)
+        pid = api.inspect_container(ident)["State"]["Pid"] if host else 0
     except docker.errors.APIError as exc:
         raise EngineError(f"cannot start node {node.name}: {reason(exc)}") from None
+    for iface in node.interfaces if host else ():
+        host_end = veth_name(plan.key, node.name, iface.link)
+        remember("veth", host_end)
+        engine.hostlinks.plug(pid, iface.name, host_end, bridge_name(network_name(plan.key, iface.link)),
+                              _host_meta(plan, token, node=node.name, link=iface.link))
     if cancel.is_set():
         raise _Cancelled
     agent.setup(engine, plan.key, node.name, node.setup(image), node.image or image)
@@ -319,16 +377,22 @@ def destroy(engine: "DockerEngine", lab: str | None) -> list[str]:
     containers = engine.inventory.containers(lab)
     networks = engine.inventory.networks(lab)
     records = engine.inventory.records(lab)
-    names = [c.name for c in containers] + [n.name for n in networks]
-    remove_objects(engine.api, [("container", c.id) for c in containers] + [("network", n.id) for n in networks]
-                   + [("volume", v.name) for v in records])
+    host_links = engine.inventory.host_links(lab)
+    bridges = [link for link in host_links if link.kind == "bridge"]
+    names = [c.name for c in containers] + [n.name for n in networks] + [b.name for b in bridges]
+    # Bridges alongside containers; a veth goes with its node's network namespace, and what is left
+    # after (the kernel tears namespaces down in the background) goes by name.
+    remove_objects(engine, [("container", c.id) for c in containers] + [("network", n.id) for n in networks]
+                   + [("volume", v.name) for v in records] + [(link.kind, link.name) for link in host_links])
     return names
 
 
-def remove_objects(api, objects: list[tuple[str, str]]) -> None:
+def remove_objects(engine: "DockerEngine", objects: list[tuple[str, str]]) -> None:
+    api = engine.api
     objects = list(dict.fromkeys(objects))  # rollback may name an object twice (by id and by its deploy label)
     containers = [ident for kind, ident in objects if kind == "container"]
     networks = [ident for kind, ident in objects if kind == "network"]
+    host_links = [ident for kind, ident in objects if kind == "veth"]
 
     def remove_container(ident: str) -> None:
         try:
@@ -340,9 +404,20 @@ def remove_objects(api, objects: list[tuple[str, str]]) -> None:
                 raise
             _wait_gone(api, ident)  # another removal of it is under way: done when it is
 
-    if containers:
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(containers))) as pool:
-            list(pool.map(remove_container, containers))
+    if host_links and engine.hostlinks is None:
+        raise EngineError(f"cannot remove {len(host_links)} host link(s) of labctl ({host_links[0]}, ...) from here",
+                          hint="run labctl as root on the engine's host")
+    bridges = [ident for kind, ident in objects if kind == "bridge"]
+    with ThreadPoolExecutor(max_workers=PARALLEL + 1) as pool:
+        # The kernel takes ~30 ms a bridge, the engine ~0.3 s a container: both at once. A bridge may
+        # go before its ports; they go with their nodes' namespaces.
+        unbridged = pool.submit(engine.hostlinks.remove, bridges) if bridges else None
+        list(pool.map(remove_container, containers))
+        if unbridged is not None:
+            unbridged.result()
+    if host_links:
+        engine.hostlinks.remove(host_links)  # veth host ends whose namespace is still being torn down
+
     def remove_network(ident: str) -> None:
         try:
             api.remove_network(ident)

@@ -1,4 +1,5 @@
-"""What the engine holds for labctl, read from labels: labs, their nodes and links.
+"""What the engine holds for labctl, read from labels (and, for links wired from the host, from
+the ifalias of labctl's bridges and veths): labs, their nodes and links.
 
 A lab here is a lab instance's key (``labctl.instances.lab_key``): ``teardown``, ``teardown.a``.
 """
@@ -12,12 +13,21 @@ import docker
 
 from ...errors import EngineError, UserError
 from .. import LinkState, NodeState
+from .hostlinks import HostLink, HostLinks
 from .labels import LABEL_LINK, LABEL_NODE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, key_of, of_lab
 
 
 class Inventory:
-    def __init__(self, client: docker.DockerClient):
+    def __init__(self, client: docker.DockerClient, hostlinks: HostLinks | None = None):
         self.client = client
+        self.hostlinks = hostlinks  # None: the engine is not on this host, links are Docker networks
+
+    def host_links(self, lab: str | None) -> list[HostLink]:
+        """labctl's bridges and veth host ends of lab instance ``lab`` (every lab's when None) on the host."""
+        return self.hostlinks.listed(lab) if self.hostlinks is not None else []
+
+    def bridges(self, lab: str | None) -> list[HostLink]:
+        return [link for link in self.host_links(lab) if link.kind == "bridge"]
 
     def networks(self, lab: str | None) -> list:
         return self.client.networks.list(filters={"label": of_lab(lab)})
@@ -49,12 +59,17 @@ class Inventory:
                 subnet = pool.get("Subnet", "")
                 if subnet and ":" not in subnet:
                     used[IPv4Network(subnet, strict=False)] = net.name
+        for bridge in self.bridges(None):
+            if (exclude_lab and bridge.key == exclude_lab) or not bridge.meta.get("subnet"):
+                continue
+            used[IPv4Network(bridge.meta["subnet"], strict=False)] = bridge.name
         return used
 
     def labs(self) -> list[str]:
         names = {key_of(c.labels or {}) for c in self.containers(None)}
         names |= {key_of(n.attrs.get("Labels") or {}) for n in self.networks(None)}
         names |= {key_of(v.attrs.get("Labels") or {}) for v in self.records(None)}
+        names |= {link.key for link in self.host_links(None)}
         return sorted(n for n in names if n and not n.startswith("__"))
 
     def nodes(self, lab: str) -> list[NodeState]:
@@ -70,6 +85,10 @@ class Inventory:
             labels = net.attrs.get("Labels") or {}
             result.append(LinkState(lab, labels.get(LABEL_LINK, "?"), net.name, config.get("Subnet", ""), config.get("Gateway", ""),
                                     labels.get(LABEL_SPEC, ""), labels.get(LABEL_SOURCE, "")))
+        for bridge in self.bridges(lab):
+            # No gateway: a bridge wired from the host holds no address (the reserved one stays unheld).
+            result.append(LinkState(lab, bridge.meta.get("link", "?"), bridge.name, bridge.meta.get("subnet", ""), "",
+                                    bridge.meta.get("spec", "")))
         return sorted(result, key=lambda l: l.link)
 
     def container_id(self, lab: str, node: str, running: bool = True) -> str:

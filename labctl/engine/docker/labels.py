@@ -22,11 +22,14 @@ LABEL_SOURCE = "org.labctl.source"
 LABEL_ROLE = "org.labctl.role"
 LABEL_INSTANCE = "org.labctl.instance"  # with lab and source: a lab's identity on the engine
 LABEL_DEPLOY = "org.labctl.deploy"      # the deploy that made an object: rollback finds them all by it
+LABEL_WIRING = "org.labctl.wiring"      # on a node: "host" (links wired from the host) or "docker" (Docker networks)
 LABEL_STATE = "org.labctl.state"        # on a lab's record: the state_digest of its last complete deploy
 # Short-lived helpers are labelled as labs of their own, which `labctl status` never lists.
 HELPER_LABS = {"host-firewall": "__host__", "sysctl": "__helper__", "probe": "__probe__"}
 # Linux caps interface names at 15 bytes; the prefix lets one host rule cover every lab bridge.
 BRIDGE_PREFIX = "lcbr-"
+# The host ends of the veths of links wired from the host (hostlinks.py): one per node interface.
+VETH_PREFIX = "lcve-"
 
 
 # Names are made from a lab instance's key (``labctl.instances.lab_key``): the lab's name for the
@@ -47,6 +50,11 @@ def record_name(key: str, digest: str) -> str:
 def bridge_name(network: str) -> str:
     """A Linux bridge's name (at most 15 bytes) for a network name: unique as the network name is."""
     return BRIDGE_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:10]
+
+
+def veth_name(key: str, node: str, link: str) -> str:
+    """The host end of a node's interface on a link: from the node's container name, so it is as unique."""
+    return VETH_PREFIX + hashlib.sha256(f"{container_name(key, node)}|{link}".encode()).hexdigest()[:10]
 
 
 def of_lab(key: str | None) -> list[str]:
