@@ -81,16 +81,28 @@ def apply(config: Setup) -> SetupReply:
     ip_batch(batch)
     write_hosts(Hosts(config.hosts))
     # Last: a node counts as configured only once everything above is in place.
-    write_json(SETUP_MARKER, {"spec": config.spec, "netns": _netns()})
+    mark_configured(config.spec)
     return SetupReply(node=config.node, actions=tuple(actions))
 
 
-def _netns() -> str:
+def mark_configured(spec: str, root: str = "", netns: str | None = None) -> None:
+    """The marker ``health`` reads: setup finished, for this spec, in this network namespace. ``root``
+    and ``netns``: written from outside the node (the engine shaped it from the host)."""
+    write_json(root + SETUP_MARKER, {"spec": spec, "netns": netns or _netns()})
+
+
+def _netns(ns: str = "/proc/self/ns/net", init: str = "/proc/1") -> str:
     """This container's life: its network namespace and when its PID 1 started (a namespace's
-    number can be reused by the next one; a restarted container's PID 1 starts anew)."""
-    with open("/proc/1/stat") as fh:
+    number can be reused by the next one; a restarted container's PID 1 starts anew). From the
+    host: ``ns`` and ``init`` are those of the container's PID 1 as the host sees it."""
+    with open(f"{init}/stat") as fh:
         started = fh.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime, counted after the name
-    return f"{os.readlink('/proc/self/ns/net')} pid1@{started}"
+    return f"{os.readlink(ns)} pid1@{started}"
+
+
+def netns_of(pid: int) -> str:
+    """What ``_netns`` says inside the container whose PID 1 is host process ``pid``."""
+    return _netns(f"/proc/{pid}/ns/net", f"/proc/{pid}")
 
 
 def health() -> HealthReply:
@@ -112,18 +124,18 @@ HOSTS_FILE = "/etc/hosts"
 BEGIN, END = "# labctl: lab nodes (begin)", "# labctl: lab nodes (end)"
 
 
-def write_hosts(request: Hosts) -> HostsReply:
+def write_hosts(request: Hosts, path: str = HOSTS_FILE) -> HostsReply:
     """Every other node by name, at its address on the path from this node.
 
     A block of our own in /etc/hosts, rewritten in place when the lab changes
     (the engine bind-mounts this file, so it cannot be replaced, only rewritten).
     """
-    with open(HOSTS_FILE) as fh:
+    with open(path) as fh:
         lines = fh.read().splitlines()
     if BEGIN in lines and END in lines:
         lines = lines[:lines.index(BEGIN)] + lines[lines.index(END) + 1:]
     block = [BEGIN, *(f"{address}\t{name}" for name, address in request.hosts.items()), END]
-    with open(HOSTS_FILE, "w") as fh:
+    with open(path, "w") as fh:
         fh.write("\n".join(lines + block) + "\n")
     return HostsReply(hosts=len(request.hosts))
 

@@ -299,6 +299,8 @@ def _in_parallel(work: Callable, items: Sequence, cancel: threading.Event | None
                  done: Callable | None = None) -> None:
     """``work`` on each item, PARALLEL at once; ``done(item)`` in order as each finishes. On the first
     failure (or Ctrl-C) nothing new starts, and calls in flight finish, so rollback sees all they made."""
+    if not items:
+        return
     pool = ThreadPoolExecutor(max_workers=min(PARALLEL, len(items)), thread_name_prefix="labctl-deploy")
 
     def guarded(item):
@@ -360,7 +362,12 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
                               _host_meta(plan, token, node=node.name, link=iface.link))
     if cancel.is_set():
         raise _Cancelled
-    agent.setup(engine, plan.key, node.name, node.setup(image), node.image or image)
+    if host and not node.image:
+        # On the node image, shaped from the host: no agent process per node. A node on an image
+        # of its own is set up by its agent, which also says what that image lacks.
+        engine.hostlinks.shape(pid, node.setup(image))
+    else:
+        agent.setup(engine, plan.key, node.name, node.setup(image), node.image or image)
 
 
 def _wait_gone(api, ident: str, timeout: float = 30.0) -> None:

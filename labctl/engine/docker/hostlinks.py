@@ -23,19 +23,29 @@ its link.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 from urllib.parse import quote, unquote
 
+from ...agent import netsetup
+from ...agent.protocol import Hosts, Setup
 from ...errors import EngineError
 from .labels import BRIDGE_PREFIX, VETH_PREFIX
 
 ALIAS_MARK = "labctl"
 ALIAS_MAX = 255  # IFALIASZ - 1
 MTU = 1500  # what Docker's bridge networks give their interfaces
+NODE_END_PREFIX = "lcvn-"  # a veth's node end while it is on the host, for the moment it takes to move it
+# gso and gro as ethtool -K names them; tso is every tx-tcp*-segmentation the kernel has (newer
+# kernels add kinds, e.g. tx-tcp-accecn-segmentation), which `ethtool -K tso off` turns off together.
+OFFLOADS = ("tx-generic-segmentation", "rx-gro")
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
 
 
 @dataclass(frozen=True)
@@ -152,9 +162,11 @@ class HostLinks:
             ipr.link("set", index=index, state="up")
 
     def plug(self, pid: int, inside: str, host_end: str, bridge: str, meta: Mapping[str, str]) -> None:
-        """A veth pair: ``inside`` made directly in the network namespace of process ``pid`` (left down,
-        for the agent to address), ``host_end`` a port of ``bridge``, up, with no address of its own."""
+        """A veth pair: ``inside`` moved into the network namespace of process ``pid`` under its link's
+        name (down, no address yet), its segmentation offloads already off; ``host_end`` a port of
+        ``bridge``, up, with no address of its own."""
         text = alias(meta)
+        staged = NODE_END_PREFIX + host_end[len(VETH_PREFIX):]  # the node's end, while it is still on the host
         with self._lock:
             ipr = self._route()
             found = ipr.link_lookup(ifname=bridge)
@@ -167,13 +179,43 @@ class HostLinks:
                     raise EngineError(f"an interface named {host_end} that is not labctl's is in the way on the host")
                 ipr.link("del", index=stale["index"])
             try:
-                ipr.link("add", ifname=host_end, kind="veth", mtu=MTU, peer={"ifname": inside, "net_ns_pid": pid, "mtu": MTU})
+                ipr.link("add", ifname=host_end, kind="veth", mtu=MTU, peer={"ifname": staged, "mtu": MTU})
             except Exception as exc:
                 raise EngineError(f"cannot make interface {inside} (host end {host_end}): {_why(exc)}") from None
             index = ipr.link_lookup(ifname=host_end)[0]
             ipr.link("set", index=index, ifalias=text)
             _no_ipv6(host_end)
             ipr.link("set", index=index, master=found[0], state="up")
+            # Features stay with a device that changes namespace: set here, where no helper is needed.
+            _offloads_off(staged)
+            ipr.link("set", index=ipr.link_lookup(ifname=staged)[0], net_ns_pid=pid, ifname=inside)
+
+    def shape(self, pid: int, setup: Setup) -> None:
+        """What the agent's setup does (``labctl.agent.netsetup.apply``), done from the host for a node
+        whose interfaces it plugged: addresses, links up, the lab's routes, a prohibit route to each
+        bridge address, the lab's names in /etc/hosts, and last the marker ``health`` reads, saying
+        which namespace it was done in. No process starts in the node for any of it."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(use_socket=_netlink_in(pid)) as ns:
+            index = {}
+            for iface in setup.interfaces:
+                found = ns.link_lookup(ifname=iface.name)
+                if not found:
+                    raise EngineError(f"node {setup.node} has no interface {iface.name}")
+                index[iface.name] = found[0]
+                address, _, prefix = iface.address.partition("/")
+                ns.addr("add", index=found[0], address=address, prefixlen=int(prefix))
+                ns.link("set", index=found[0], state="up")
+            for route in setup.routes:
+                dst = "0.0.0.0/0" if route.to == "default" else route.to
+                ns.route("replace", dst=dst, gateway=route.via, oif=index[route.dev], proto="boot")
+            # After the lab's own routes, so none can lead there (see netsetup.apply).
+            for address in setup.blocked:
+                ns.route("replace", dst=f"{address}/32", type="prohibit", proto="boot")
+        root = f"/proc/{pid}/root"
+        netsetup.write_hosts(Hosts(setup.hosts), root + netsetup.HOSTS_FILE)
+        netsetup.mark_configured(setup.spec, root, netsetup.netns_of(pid))
 
     def remove(self, names: Iterable[str]) -> list[str]:
         """Delete links by name (a veth takes its peer with it); those already gone are skipped."""
@@ -191,6 +233,50 @@ class HostLinks:
                     if getattr(exc, "code", None) != errno.ENODEV:  # a veth whose peer's namespace just took it
                         raise EngineError(f"cannot remove host link {name}: {_why(exc)}") from None
         return removed
+
+
+def _offloads_off(name: str) -> None:
+    """What `ethtool -K NAME tso off gso off gro off` does: captures show the segments that crossed the wire."""
+    from pyroute2.ethtool import Ethtool
+
+    ethtool = Ethtool()
+    try:
+        features = ethtool.get_features(name)
+        for feature, state in features.features.items():
+            if feature in OFFLOADS or (feature.startswith("tx-tcp") and feature.endswith("segmentation")):
+                state.enable = False
+        ethtool.set_features(name, features)
+    finally:
+        ethtool.close()
+
+
+def _netlink_in(pid: int) -> socket.socket:
+    """An rtnetlink socket in the network namespace of process ``pid``. A namespace is a property of
+    a thread: this one enters the node's just to open the socket (which stays bound there) and goes
+    back at once; no other thread, and no child process, is involved."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    node = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if _libc().setns(node, CLONE_NEWNET) != 0:
+            raise EngineError(f"cannot enter the network namespace of process {pid}: {os.strerror(ctypes.get_errno())}")
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        finally:
+            if _libc().setns(own, CLONE_NEWNET) != 0:  # never leave this thread in a node's namespace
+                os.abort()
+    finally:
+        os.close(own)
+        os.close(node)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def _no_ipv6(name: str) -> None:
