@@ -111,7 +111,8 @@ def test_replacing_a_node_keeps_its_neighbours_interfaces(engine, node_image, ma
     assert run(engine, lab, "server", "sysctl", "-n", "net.ipv4.tcp_timestamps").stdout.strip() == "0"
 
 
-def test_a_lab_on_docker_networks_is_rewired_from_the_host_by_up(engine, node_image, make_lab, monkeypatch):
+def test_a_lab_on_docker_networks_is_reconciled_on_them_and_comes_back_wired_from_the_host(engine, node_image, make_lab,
+                                                                                          monkeypatch):
     from labctl.engine.docker import DockerEngine
 
     path = make_lab(SEGMENT)
@@ -120,11 +121,17 @@ def test_a_lab_on_docker_networks_is_rewired_from_the_host_by_up(engine, node_im
     docker_wired = DockerEngine.connect()
     assert docker_wired.wiring == "docker"
     api.up(path, engine=docker_wired)
-    assert len(engine.client.networks.list(filters={"label": f"org.labctl.lab={lab}"})) == 2
-    assert not any(l["ifname"].startswith(BRIDGE_PREFIX) for l in of_lab(lab))
     monkeypatch.delenv("LABCTL_WIRING")
+    assert len(engine.client.networks.list(filters={"label": f"org.labctl.lab={lab}"})) == 2
+    assert of_lab(lab) == []
+    # Brought up by an older labctl (or docker-compose): reconciled as it is, a changed node on Docker's networks.
+    (path / "lab.yaml").write_text((path / "lab.yaml").read_text().replace("  server: {}", "  server: {sysctls: {net.ipv4.tcp_timestamps: 0}}"))
     again = api.up(path, engine=engine)
-    assert again.report.kept == []  # every node and link of the other wiring is replaced
+    assert again.report.created == [f"labctl-{lab}-server"] and len(again.report.kept) == 5
+    assert of_lab(lab) == [] and run(engine, lab, "client", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
+    # Down and up again: wired from the host.
+    api.down(path, engine=engine)
+    api.up(path, engine=engine)
     assert engine.client.networks.list(filters={"label": f"org.labctl.lab={lab}"}) == []
     assert {l["ifname"] for l in of_lab(lab) if l["ifname"].startswith(BRIDGE_PREFIX)} == {
         bridge_name(network_name(lab, link)) for link in ("left", "right")}

@@ -105,18 +105,19 @@ def netns_of(pid: int) -> str:
     return _netns(f"/proc/{pid}/ns/net", f"/proc/{pid}")
 
 
-def health() -> HealthReply:
-    """Whether setup finished here: its marker, written in this very network namespace."""
+def health(root: str = "", netns: str | None = None) -> HealthReply:
+    """Whether setup finished here: its marker, written in this very network namespace. ``root`` and
+    ``netns``: asked from outside the node (its root as the host sees it, and ``netns_of`` its PID 1)."""
     try:
-        with open(SETUP_MARKER) as fh:
+        with open(root + SETUP_MARKER) as fh:
             marker = json.load(fh)
     except FileNotFoundError:
         return HealthReply(configured=False, detail="its setup never finished")
     except (OSError, ValueError) as exc:
         return HealthReply(configured=False, detail=f"its setup marker is unreadable ({exc})")
-    if not isinstance(marker, dict) or marker.get("netns") != _netns():
+    if not isinstance(marker, dict) or marker.get("netns") != (netns or _netns()):
         return HealthReply(configured=False, spec=str(marker.get("spec", "")) if isinstance(marker, dict) else "",
-                           detail="it was restarted since its setup (the engine's interfaces and routes are back)")
+                           detail="it was restarted since its setup (a new network namespace, without the lab's setup)")
     return HealthReply(configured=True, spec=str(marker.get("spec", "")))
 
 

@@ -25,6 +25,7 @@ from ...errors import EngineError, UserError
 from ...plan import LabPlan, LinkPlan, NodePlan
 from .. import DeployReport, Progress, reconcile, state_digest
 from ..reconcile import Held
+from . import hostlinks
 from .client import PARALLEL, reason
 from ...instances import describe, flag
 from .labels import (LABEL_DEPLOY, LABEL_LINK, LABEL_NODE, LABEL_ROLE, LABEL_SOURCE, LABEL_SPEC, LABEL_STATE, LABEL_WIRING, bridge_name,
@@ -159,10 +160,12 @@ def _record(engine: "DockerEngine", plan: LabPlan, image: str, token: str, remem
     remove_objects(engine, [("volume", v.name) for v in old if (v.attrs.get("Labels") or {}).get(LABEL_STATE) != digest])
 
 
-def _health(engine: "DockerEngine", lab: str, node: str, spec: str) -> str | None:
-    """Why a running node with the right spec is not configured; None when its agent says it is."""
+def _health(engine: "DockerEngine", lab: str, node: str, spec: str, pid: int = 0) -> str | None:
+    """Why a running node with the right spec is not configured; None when its agent says it is.
+    ``pid``: the PID 1 of a node wired from the host, whose marker the host reads itself (the
+    agent's own test, without starting a process in each node)."""
     try:
-        reply = agent.health(engine, lab, node)
+        reply = hostlinks.health(pid) if pid else agent.health(engine, lab, node)
     except UserError as exc:
         return f"its agent does not answer ({exc.message[:120]})"
     if not reply.configured:
@@ -182,12 +185,28 @@ class _LinkObject:
     spec: str
 
 
-def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict, dict, dict, dict]:
-    """(link objects, containers) by link and node name, the same as ``reconcile.Held``, and why
-    each unconfigured node is (asked of its agent: present is not healthy). Objects of the other
-    wiring than this engine's (a lab brought up with Docker networks, now wired from the host, or
-    the other way round) count as changed: they are replaced."""
-    wiring = engine.wiring
+def host_pid(container) -> int:
+    """The host PID of a running container wired from the host (0 for any other)."""
+    if container.labels.get(LABEL_WIRING) != "host" or container.status != "running":
+        return 0
+    return int(((container.attrs.get("State") or {}).get("Pid")) or 0)
+
+
+def lab_wiring(engine: "DockerEngine", networks: bool, bridges: bool) -> str:
+    """How this deploy wires the lab: as it is wired now, when it is wholly one way and this engine can
+    (a lab brought up on Docker networks, by an older labctl or docker-compose, is reconciled as it
+    is, not rebuilt); else the engine's way (a new lab, or one this labctl cannot keep as it is)."""
+    if networks and not bridges:
+        return "docker"
+    if bridges and not networks and engine.wiring == "host":
+        return "host"
+    return engine.wiring
+
+
+def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[str, dict, dict, dict, dict, dict]:
+    """The lab's wiring (``lab_wiring``); (link objects, containers) by link and node name, the same
+    as ``reconcile.Held``, and why each unconfigured node is (asked of its agent: present is not
+    healthy). Objects of another wiring than that count as changed: they are replaced."""
     objects: dict[str, list[_LinkObject]] = {}
     for net in engine.inventory.networks(plan.key):
         labels = net.attrs.get("Labels") or {}
@@ -198,6 +217,8 @@ def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict
             objects.setdefault(link.meta.get("link"), []).append(_LinkObject("bridge", link.name, link.name, link.meta.get("spec", "")))
         elif link.meta.get("node"):
             ports.setdefault(link.meta["node"], set()).add(link.meta.get("link", ""))
+    kinds = {o.kind for held in objects.values() for o in held}
+    wiring = lab_wiring(engine, "network" in kinds, "bridge" in kinds)
     kind = "bridge" if wiring == "host" else "network"
     links = {name: Held(held[0].spec if len(held) == 1 and held[0].kind == kind else "") for name, held in objects.items()}
     containers = {c.labels.get(LABEL_NODE): c for c in engine.inventory.containers(plan.key)}
@@ -211,19 +232,19 @@ def _held(engine: "DockerEngine", plan: LabPlan, image: str) -> tuple[dict, dict
     problems: dict[str, str] = {}
     if asked:
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(asked))) as pool:
-            found = pool.map(lambda name: _health(engine, plan.key, name, wanted[name]), asked)
+            found = pool.map(lambda name: _health(engine, plan.key, name, wanted[name], host_pid(containers[name])), asked)
             problems = {name: why for name, why in zip(asked, found) if why}
     nodes = {}
     for name, ctr in containers.items():
         attached = {network_link[n] for n in ((ctr.attrs.get("NetworkSettings") or {}).get("Networks") or {}) if n in network_link}
         nodes[name] = Held(spec[name], ctr.status == "running", frozenset(attached | ports.get(name, set())),
                            configured=name not in problems)
-    return objects, containers, links, nodes, problems
+    return wiring, objects, containers, links, nodes, problems
 
 
 def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Progress, report: DeployReport,
                remember: Remember, token: str, cancel: threading.Event) -> None:
-    objects, containers, held_links, held_nodes, problems = _held(engine, plan, image)
+    wiring, objects, containers, held_links, held_nodes, problems = _held(engine, plan, image)
     todo = reconcile.changes(plan, image, held_links, held_nodes)
     for name in todo.stale_nodes:
         why = problems.get(name) or ("not running" if not held_nodes[name].running else "changed")
@@ -235,23 +256,23 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
         remove_objects(engine, [(o.kind, o.ident) for o in objects[name]])
         report.removed.extend(o.name for o in objects[name])
 
-    report.kept.extend(link_object_name(engine, plan.key, link.name) for link in todo.kept_links)
+    report.kept.extend(link_object_name(wiring, plan.key, link.name) for link in todo.kept_links)
 
     def create_link(link: LinkPlan) -> None:
-        progress(f"creating link {link.name} {link.subnet}")
-        if engine.wiring == "host":
+        if wiring == "host":
             _create_bridge(engine, plan, link, remember, token)
         else:
             _create_network(engine, plan, link, remember, token)
 
-    _in_parallel(create_link, todo.new_links, cancel)
-    report.created.extend(link_object_name(engine, plan.key, link.name) for link in todo.new_links)
+    # Said as each is made, in the lab's order, like nodes: links are made several at once.
+    _in_parallel(create_link, todo.new_links, cancel, lambda link: progress(f"link {link.name} {link.subnet} made"))
+    report.created.extend(link_object_name(wiring, plan.key, link.name) for link in todo.new_links)
     if todo.new_links or todo.new_nodes:
         # Once the networks exist: Docker has put their isolation drops on top (see hostfw).
         engine.allow_bridged_frames(image, progress)
     report.kept.extend(container_name(plan.key, node.name) for node in todo.kept_nodes)
     if todo.new_nodes:
-        _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember, token, cancel)
+        _create_nodes(engine, plan, list(todo.new_nodes), image, progress, remember, token, cancel, wiring)
         report.created.extend(container_name(plan.key, node.name) for node in todo.new_nodes)
         report.fresh.update(node.name for node in todo.new_nodes)
     if report.changed and todo.kept_nodes:
@@ -259,9 +280,9 @@ def _reconcile(engine: "DockerEngine", plan: LabPlan, image: str, progress: Prog
         agent.refresh_hosts(engine, plan.key, todo.kept_nodes)
 
 
-def link_object_name(engine: "DockerEngine", key: str, link: str) -> str:
-    """What holds a link on this engine: its bridge (wired from the host) or its Docker network."""
-    return bridge_name(network_name(key, link)) if engine.wiring == "host" else network_name(key, link)
+def link_object_name(wiring: str, key: str, link: str) -> str:
+    """What holds a link: its bridge (wired from the host) or its Docker network."""
+    return bridge_name(network_name(key, link)) if wiring == "host" else network_name(key, link)
 
 
 def _host_meta(plan: LabPlan, token: str, **more: str) -> dict[str, str]:
@@ -290,8 +311,8 @@ def _create_network(engine: "DockerEngine", plan: LabPlan, link: LinkPlan, remem
 
 
 def _create_nodes(engine: "DockerEngine", plan: LabPlan, todo: list[NodePlan], image: str, progress: Progress,
-                  remember: Remember, token: str, cancel: threading.Event) -> None:
-    _in_parallel(lambda node: _create_node(engine, plan, node, image, remember, token, cancel), todo, cancel,
+                  remember: Remember, token: str, cancel: threading.Event, wiring: str) -> None:
+    _in_parallel(lambda node: _create_node(engine, plan, node, image, remember, token, cancel, wiring), todo, cancel,
                  lambda node: progress(f"node {node.name} up"))
 
 
@@ -324,14 +345,14 @@ def _in_parallel(work: Callable, items: Sequence, cancel: threading.Event | None
 
 
 def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: str, remember: Remember, token: str,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, wiring: str) -> None:
     if cancel.is_set():
         raise _Cancelled
     api = engine.api
     first, *rest = node.interfaces
-    host = engine.wiring == "host"
+    host = wiring == "host"
     labels = _labels(plan, token, **{LABEL_NODE: node.name, LABEL_SPEC: node.spec_hash(image), LABEL_ROLE: node.role,
-                                     LABEL_WIRING: engine.wiring})
+                                     LABEL_WIRING: wiring})
     first_network = network_name(plan.key, first.link)
     # Wired from the host: the node starts with a network namespace of its own holding only lo.
     host_config = api.create_host_config(cap_add=CAPABILITIES, init=True, network_mode="none" if host else first_network,

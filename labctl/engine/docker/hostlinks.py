@@ -33,7 +33,7 @@ from typing import Iterable, Mapping
 from urllib.parse import quote, unquote
 
 from ...agent import netsetup
-from ...agent.protocol import Hosts, Setup
+from ...agent.protocol import HealthReply, Hosts, Setup
 from ...errors import EngineError
 from .labels import BRIDGE_PREFIX, VETH_PREFIX
 
@@ -233,6 +233,14 @@ class HostLinks:
                     if getattr(exc, "code", None) != errno.ENODEV:  # a veth whose peer's namespace just took it
                         raise EngineError(f"cannot remove host link {name}: {_why(exc)}") from None
         return removed
+
+
+def health(pid: int) -> HealthReply:
+    """What the agent's ``health`` says in the node whose PID 1 is host process ``pid``, read from the host."""
+    try:
+        return netsetup.health(f"/proc/{pid}/root", netsetup.netns_of(pid))
+    except OSError as exc:  # the node's process went away meanwhile
+        return HealthReply(configured=False, detail=f"its namespace cannot be read ({exc.strerror})")
 
 
 def _offloads_off(name: str) -> None:
