@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             others: list[int] = []
             results = measure(cases, client, engine, image, args.repeat, not args.no_cli, others)
             meta = {"docker": engine.version(), "cpus": len(os.sched_getaffinity(0)), "image": image, "repeat": args.repeat,
-                    "wiring": "the host (bridges and veths)" if engine.wiring == "host" else f"Docker networks ({engine.wiring_unavailable})",
+                    "wiring": wiring_of(engine),
                     "others_min": min(others, default=0), "others_max": max(others, default=0),
                     "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
@@ -464,6 +464,11 @@ def clean_up(cases: list[Case], client: docker.DockerClient | None) -> None:
             err.print(f"cleanup: removed {len(removed)} floor objects")
     except Exception as exc:
         err.print(f"[red]cleanup: could not remove the floor's objects: {exc}[/red]")
+
+
+def wiring_of(engine: DockerEngine) -> str:
+    wiring = getattr(engine, "wiring", "docker")  # a labctl from before links were wired from the host has no say
+    return "the host (bridges and veths)" if wiring == "host" else f"Docker networks ({getattr(engine, 'wiring_unavailable', 'always')})"
 
 
 def _commit() -> str:
