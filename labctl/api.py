@@ -305,8 +305,8 @@ def status(lab: str | None = None, *, engine: Engine | None = None, instance: st
                 entry.problem = f"it is {state.status}"
                 return entry
             try:
-                health = agent.health(engine, name, state.node)
                 seen = agent.inspect(engine, name, state.node)
+                health = seen.health or agent.health(engine, name, state.node)  # an engine whose inspect says less
             except UserError as exc:
                 entry.problem = f"its agent does not answer ({exc.message[:120]})"
                 return entry  # a node that does not answer is shown as the engine has it
@@ -317,7 +317,7 @@ def status(lab: str | None = None, *, engine: Engine | None = None, instance: st
                 entry.problem = "it was configured for another spec"
             entry.interfaces, entry.routes = list(seen.interfaces), list(seen.routes)
             entry.impairments, entry.loop, entry.blocked = list(seen.impairments), seen.loop, list(seen.blocked)
-            entry.services = _services(engine, name, state.node)
+            entry.services = [service.to_json() for service in seen.services] if seen.health else _services(engine, name, state.node)
             return entry
 
         with ThreadPoolExecutor(max_workers=8) as pool:

@@ -158,7 +158,8 @@ def inspect() -> Inspection:
         for r in shown if r.get("type", "unicast") == "unicast"
     ]
     blocked = [r.get("dst") for r in shown if r.get("type") == "prohibit"]
-    from . import impair, loop
+    from . import impair, loop, startup
 
     return Inspection(interfaces=tuple(interfaces), routes=tuple(routes), impairments=tuple(impair.in_force()),
-                      loop=loop.status().state or None, blocked=tuple(blocked))
+                      loop=loop.status().state or None, blocked=tuple(blocked), health=health(),
+                      services=tuple(startup.services().services))

@@ -189,6 +189,9 @@ class Inspection(Reply):
     impairments: tuple[dict, ...] = ()  # a DirectionState per impaired interface
     loop: dict | None = None
     blocked: tuple[str, ...] = ()       # destinations with a prohibit route (the bridge addresses)
+    # What `health` and `services` say, in the same reply: `status` asks each node once, not three times.
+    health: HealthReply | None = None
+    services: tuple[Service, ...] = ()
 
 
 # impair: link impairments on this node's egress.
