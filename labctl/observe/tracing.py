@@ -108,31 +108,44 @@ class KernelEvents:
         return None
 
     def _read(self) -> None:
+        # Raw reads of whatever the pipe holds: a buffered readline() kept lines it had read ahead
+        # until the kernel wrote more (a state change reached steps waiting on it seconds late).
         assert self.instance is not None
-        with open(self.instance / "trace_pipe", "r", errors="replace") as pipe:
-            import select
+        import select
+
+        fd = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        pending = b""
+        try:
             while True:
-                ready, _, _ = select.select([pipe], [], [], 0.1)
-                if not ready:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                chunk = b""
+                if ready:
+                    try:
+                        chunk = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        pass
+                if not chunk:
                     if self.stopping.is_set():
                         return
                     continue
-                line = pipe.readline()
-                if not line:
-                    if self.stopping.is_set():
-                        return
-                    continue
-                record = parse_line(line, self.offset)
-                if record is None:
-                    continue
-                local_ip = record["local"].rpartition(":")[0]
-                remote_ip = record["remote"].rpartition(":")[0]
-                node = self.addresses.get(local_ip)
-                if node is None and remote_ip not in self.addresses:
-                    continue  # not lab traffic
-                record["node"] = node
-                self.count += 1
-                self.sink(record)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._line(line.decode(errors="replace"))
+        finally:
+            os.close(fd)
+
+    def _line(self, line: str) -> None:
+        record = parse_line(line, self.offset)
+        if record is None:
+            return
+        local_ip = record["local"].rpartition(":")[0]
+        remote_ip = record["remote"].rpartition(":")[0]
+        node = self.addresses.get(local_ip)
+        if node is None and remote_ip not in self.addresses:
+            return  # not lab traffic
+        record["node"] = node
+        self.count += 1
+        self.sink(record)
 
     def stop(self) -> None:
         if self.instance is None:
