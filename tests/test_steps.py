@@ -357,3 +357,62 @@ def test_the_router_diverts_only_the_flows_its_rules_name(tmp_path):
         {"src": client, "dst": server, "sport": None, "dport": 5000},
     ]
     assert "rules" not in run.observers.actor_config(plan.node("client"))
+
+
+class TracedRun:
+    """What a wait step uses of the run: the tracepoints' records so far, sleep, and the actor call."""
+
+    def __init__(self, records, arriving=()):
+        self.records, self.arriving, self.calls = list(records), list(arriving), []
+
+    def kernel_states(self):
+        return self.records
+
+    def sleep(self, seconds):
+        if self.arriving:
+            self.records.append(self.arriving.pop(0))
+        return {"ok": True}
+
+    def call(self, step, op, args, timeout, node=None):
+        self.calls.append((node, op, args))
+        return {"ok": True, "asked": "the actor"}
+
+
+def traced(t, node, old, new, local="10.0.2.10:5003", remote="10.0.1.1:40000"):
+    return {"t": t, "source": "tracepoint", "event": "inet_sock_set_state", "node": node, "local": local, "remote": remote,
+            "oldstate": old, "newstate": new}
+
+
+def test_waiting_for_a_state_to_be_gone_is_decided_by_the_tracepoints_when_they_run():
+    from labctl.steps import STEP_KINDS
+    from labctl.steps.waits import Wait
+
+    wait = STEP_KINDS["wait"]
+    action = Wait(node="server", state="LAST_ACK", local_port=5003, gone=True, timeout=1)
+    # LAST_ACK for 0.2 ms, long gone before any sample could have seen it.
+    run = TracedRun([traced(1.0, "server", "CLOSE_WAIT", "LAST_ACK"), traced(1.0002, "server", "LAST_ACK", "CLOSE")])
+    reply = wait.perform(action, None, run)
+    assert reply["ok"] and reply["result"]["decided_by"] == "tracepoints" and reply["result"]["left"]["to"] == "CLOSE"
+    assert run.calls == []
+    # Not there yet, then there, then gone: only the leaving ends the wait.
+    run = TracedRun([traced(1.0, "server", "ESTABLISHED", "CLOSE_WAIT")],
+                    arriving=[traced(1.1, "server", "CLOSE_WAIT", "LAST_ACK"), traced(1.3, "server", "LAST_ACK", "CLOSE")])
+    assert wait.perform(action, None, run)["result"]["left"]["t"] == 1.3
+    # Another node's, or another port's, does not count; nothing leaves: a timeout that says what decided.
+    run = TracedRun([traced(1.0, "client", "LAST_ACK", "CLOSE"), traced(1.0, "server", "LAST_ACK", "CLOSE", local="10.0.2.10:6000")])
+    reply = wait.perform(Wait(node="server", state="LAST_ACK", local_port=5003, gone=True, timeout=0.05), None, run)
+    assert (reply["ok"], reply["errno"]) == (False, "TIMEOUT") and "tracepoints" in reply["error"]
+
+
+def test_states_the_tracepoints_cannot_see_end_are_still_waited_for_by_the_nodes_sampling():
+    from labctl.steps import STEP_KINDS
+    from labctl.steps.waits import Wait
+
+    for state in ("TIME_WAIT", "FIN_WAIT2"):  # a timewait socket's; an orphan's FIN_WAIT2 -> CLOSE is its handoff
+        run = TracedRun([traced(1.0, "client", "FIN_WAIT2", "CLOSE")])
+        reply = STEP_KINDS["wait"].perform(Wait(node="client", state=state, gone=True, timeout=1), None, run)
+        assert reply == {"ok": True, "asked": "the actor"} and run.calls[0][1] == "wait_state"
+    run = TracedRun([])
+    run.kernel_states = lambda: None  # no tracepoints on this machine
+    STEP_KINDS["wait"].perform(Wait(node="server", state="LAST_ACK", gone=True, timeout=1), None, run)
+    assert run.calls and run.calls[0][1] == "wait_state"

@@ -416,7 +416,13 @@ class Actor:
             if gone and not matching and any(wanted(s) for s in (self.sampler.history() if self.sampler else [])):
                 return {}
             time.sleep(SAMPLE_INTERVAL)
-        error = StepFailed(f"no socket {'left' if gone else 'reached'} {state} within {timeout} s")
+        message = f"no socket {'left' if gone else 'reached'} {state} within {timeout} s"
+        if gone and not any(wanted(s) for s in (self.sampler.history() if self.sampler else [])):
+            # Sampling is all the node has: a state held between two samples is never seen, so never left.
+            interval = self.sampler.interval if self.sampler else SAMPLE_INTERVAL
+            message += (f": sampling every {interval * 1000:.0f} ms never saw a socket in {state}, so it cannot tell"
+                        " one that never got there from one that came and went between two samples")
+        error = StepFailed(message)
         error.errno_name = "TIMEOUT"
         raise error
 

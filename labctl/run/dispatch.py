@@ -44,6 +44,8 @@ class StepDispatch:
         self.rule_nodes: dict[str, str] = {}  # rule name -> its node
         self.step_nodes: dict[str, str] = {}  # step `as` name -> its node
         self.step_index = 0  # the step being performed
+        # The tracepoints' state changes recorded so far (None: tracepoints are not running); set by the runner.
+        self.kernel_states: Callable[[], list[dict] | None] = lambda: None
 
     def run(self, index: int, step: Any) -> None:
         kind, action = step.kind, step.action

@@ -37,9 +37,17 @@ class Observers:
         self.kernel = KernelEvents(engine.host_observers(), self.addresses, self._kernel_event)
         self.sessions: dict[str, ActorSession] = {}
         self.lost = threading.Event()  # set by any actor that goes away during the run
+        self.traced_states: list[dict] = []  # what the tracepoints said so far (steps may wait on it)
+        self.tracing = False
 
     def _kernel_event(self, record: dict) -> None:
+        if record["event"] == "inet_sock_set_state":
+            self.traced_states.append(record)
         self.rundir.append("states.jsonl" if record["event"] == "inet_sock_set_state" else "events.jsonl", record)
+
+    def kernel_states(self) -> list[dict] | None:
+        """The tracepoints' state changes so far; None when tracepoints are not running."""
+        return list(self.traced_states) if self.tracing else None
 
     def _actor_event(self, node: str, message: dict) -> None:
         self.rundir.append("steps.jsonl", {"event": "background-done", "node": node, **message})
@@ -48,7 +56,7 @@ class Observers:
 
     def start(self, observed: dict) -> dict[str, dict]:
         """Start everything, noting in ``observed`` (run.json's ``observers``) what runs; the actors' ready replies."""
-        observed["tracepoints"] = self.kernel.start()
+        observed["tracepoints"] = self.tracing = self.kernel.start()
         if self.kernel.mounted_here:
             observed["made_available"] = [f"tracefs mounted at {self.kernel.tracefs.root}"]
         if not observed["tracepoints"]:

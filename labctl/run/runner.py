@@ -79,6 +79,7 @@ class ScenarioRun:
         self.changes = LabChanges(engine, plan, self.rundir, self.progress)
         self.observers = Observers(engine, plan, one.scenario.steps, self.rundir, self.node_dir, self.progress)
         self.steps = StepDispatch(plan, self.rundir, self.observers.sessions, self.changes, self.observers.lost, self.progress)
+        self.steps.kernel_states = self.observers.kernel_states
 
     def _metadata(self, status: str, started: float, ended: float | None, reason: str | None, observers: dict) -> dict:
         return {
