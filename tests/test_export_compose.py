@@ -235,6 +235,17 @@ def _remove_host_rule() -> None:
                     subprocess.run([tool, "-w", "-D", chain, *rule], capture_output=True, check=True)
 
 
+def _left(engine, lab: str, project: str) -> list[str]:
+    """Every container, network and volume of the lab or of its Compose project that is still there."""
+    left = []
+    for label in (f"org.labctl.lab={lab}", f"com.docker.compose.project={project}"):
+        filters = {"label": label}
+        left += [f"container {c.name}" for c in engine.client.containers.list(all=True, filters=filters)]
+        left += [f"network {n.name}" for n in engine.client.networks.list(filters=filters)]
+        left += [f"volume {v.name}" for v in engine.client.volumes.list(filters=filters)]
+    return sorted(set(left))
+
+
 def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -287,11 +298,10 @@ def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node
         after = {c.name: c.id for c in engine.client.containers.list(filters={"label": "org.labctl.lab=teardown"})}
         assert after == before  # used as it was: nothing torn down and recreated
     finally:
-        down = _compose(project, "down")
+        down = _compose(project, "down", "-v")  # as the README and compose.yaml say: -v takes the lab's record too
         hostfw.run_here()  # whatever happened above, the host keeps its rule for the other labs
     assert down.returncode == 0, down.stderr
-    assert lab_objects(engine, "teardown") == []
-    assert engine.client.containers.list(all=True, filters={"label": "com.docker.compose.project=labctl-teardown"}) == []
+    assert _left(engine, "teardown", "labctl-teardown") == []
 
 
 @pytest.mark.engine
@@ -354,9 +364,9 @@ links:
         names = engine.exec(name, "plain", ["ip", "-j", "link"]).stdout
         assert "net" in [link["ifname"] for link in json.loads(names)]  # renamed by the agent's setup
     finally:
-        down = _compose(project, "down")
+        down = _compose(project, "down", "-v")
     assert down.returncode == 0, down.stderr
-    assert lab_objects(engine, name) == []
+    assert _left(engine, name, f"labctl-{name}") == []
 
 
 @pytest.mark.engine
@@ -395,9 +405,9 @@ links:
         assert (report["created"], report["removed"]) == ([], []), report
         assert [l.subnet for l in engine.links(name)] == [held]
     finally:
-        down = _compose(project, "down")
+        down = _compose(project, "down", "-v")
     assert down.returncode == 0, down.stderr
-    assert lab_objects(engine, name) == []
+    assert _left(engine, name, f"labctl-{name}") == []
 
 
 def test_an_instance_is_exported_with_its_own_names_and_moved_subnets():
