@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import RUN_SCHEMA_VERSION, Damage, read_jsonl
+from ..rundir import RUN_SCHEMA_VERSION, Damage, load_json, read_jsonl, type_name
 
 JSONL_FILES = ("states.jsonl", "events.jsonl", "rules.jsonl")  # steps.jsonl: RunView reads it itself
 
@@ -100,4 +100,22 @@ def survey(run_dir: Path, run: dict, nodes: dict, damage: list[Damage]) -> None:
                                                 "their results are lost"))
 
 
-__all__ = ["JSONL_FILES", "RUN_SCHEMA_VERSION", "nodes_from_files", "survey", "unusable"]
+def stored_verdicts(run_dir: Path, damage: list[Damage] | None) -> tuple[list[dict], bool]:
+    """verdicts.json's verdicts that are whole (as stored: dicts), and whether every one of them was;
+    what is wrong goes to ``damage``."""
+    from .results import Verdict
+
+    found: list[Damage] = []
+    data = load_json(run_dir / "verdicts.json", found, missing="the run's verdicts were not stored")
+    items = data.get("verdicts") if data is not None else None
+    if data is not None and not isinstance(items, list):
+        found.append(Damage("verdicts.json", f"its 'verdicts' is {type_name(items)}, not a list of verdicts"))
+    problems: list[str] = []
+    verdicts = [v.to_json() for v in (Verdict.read(item, i, problems) for i, item in enumerate(items or [])) if v is not None]
+    found += [Damage("verdicts.json", p) for p in dict.fromkeys(problems)]
+    if damage is not None:
+        damage.extend(d for d in found if d not in damage)
+    return verdicts, isinstance(items, list) and len(verdicts) == len(items)
+
+
+__all__ = ["JSONL_FILES", "RUN_SCHEMA_VERSION", "nodes_from_files", "stored_verdicts", "survey", "unusable"]

@@ -64,6 +64,7 @@ class ScenarioResult:
     verdicts: list[dict] = field(default_factory=list)
     reason: str | None = None
     seconds: float = 0.0
+    damage: list[str] = field(default_factory=list)  # what is wrong in its run directory ("file: problem")
 
 
 @dataclass
@@ -167,18 +168,36 @@ def _latest_run(results: Path) -> str | None:
     return str(runs[-1].parent) if runs else None
 
 
+def run_damage(run_dir: str | None) -> list[str]:
+    """What is wrong in a run directory ("file: problem"), read through the checked readers as
+    `labctl report` reads it; nothing when the run left no directory."""
+    from ..analyze.damage import stored_verdicts
+    from ..analyze.verdicts import RunView
+
+    if not run_dir:
+        return []
+    path = Path(run_dir)
+    if not path.is_dir():
+        return ["it is not a directory: there is no run in it" if path.exists() else "it is gone"]
+    view = RunView(path)
+    damage = list(view.damage)
+    stored_verdicts(path, damage)
+    return [d.text for d in dict.fromkeys(damage)]
+
+
 def _reason(result: ScenarioResult, columns: list[Column]) -> str | None:
     """Why a run lost points, in a line: the run's own error, or the first graded expectation that
     failed (what was observed), and the error a program of the run died of, if one did."""
+    damaged = f"its run directory {result.run_dir} is damaged: {'; '.join(result.damage)}" if result.damage else ""
     if result.reason:
-        return result.reason
+        return "; ".join(filter(None, (result.reason, damaged)))
     graded = {c.index for c in columns if c.scenario.split("[")[0] == result.scenario}
     missed = [v for v in result.verdicts if v.get("index") in graded and v.get("kind") not in ("step-ran", "run-complete")
               and v.get("outcome") != "pass"]
     incomplete = [v for v in result.verdicts if v.get("kind") == "run-complete" and v.get("outcome") != "pass"]
     if not missed and not incomplete:
-        return None
-    parts = []
+        return damaged or None
+    parts = [damaged] if damaged else []
     if incomplete:
         parts.append(f"the run did not complete: {incomplete[0]['observed']}")
     if missed:
@@ -195,7 +214,10 @@ def _program_error(run_dir: str | None) -> str:
     if not run_dir:
         return ""
     for log in sorted((Path(run_dir) / "logs").glob("*-exec-*.log")):
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        try:
+            lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:  # a damaged run directory: a log that is a directory, or unreadable
+            continue
         if any(line.startswith("Traceback") for line in lines):
             return lines[-1][:300]
     return ""
@@ -226,6 +248,7 @@ def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], colum
             if outcome == "pass":
                 grade.points += column.points
     for result in grade.results:
+        result.damage = run_damage(result.run_dir)
         if (why := _reason(result, columns)) is not None:
             reasons.append(f"{result.scenario}: {why}")
     grade.reason = " / ".join(reasons) or None
@@ -283,7 +306,7 @@ def _write_report(out: Path, result: SubmissionGrade) -> str | None:
 
     reports = []
     for run in result.results:
-        if run.run_dir and (Path(run.run_dir) / "run.json").is_file():
+        if run.run_dir and Path(run.run_dir).is_dir():  # a damaged one too: the report says what is wrong with it
             try:
                 reports.append((run.scenario, api.report([run.run_dir], format="html")))
             except UserError as exc:

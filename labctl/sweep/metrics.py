@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import UserError
-from ..rundir import Damage, load_json, type_name
+from ..analyze.damage import stored_verdicts
+from ..rundir import Damage
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 
@@ -79,32 +80,16 @@ def run_outcome(verdicts: list) -> str:
 def read_verdicts(run_dir: Path, damage: list[Damage] | None = None) -> list:
     """verdicts.json's verdicts, read through the checked readers: a damaged file gives the verdicts
     that are whole (as dicts, as stored) and says in ``damage`` what was wrong."""
-    return _checked_verdicts(run_dir, damage)[0]
+    return stored_verdicts(run_dir, damage)[0]
 
 
 def recorded_outcome(run_dir: Path, damage: list[Damage]) -> str:
     """The run's outcome as its stored verdicts say, never a pass they cannot vouch for: when
     verdicts.json cannot be read, or one of its verdicts was left out, a run that would pass is
     undecided (a readable failed verdict still fails it). What was wrong goes to ``damage``."""
-    verdicts, whole = _checked_verdicts(run_dir, damage)
+    verdicts, whole = stored_verdicts(run_dir, damage)
     result = run_outcome(verdicts)
     return UNDECIDED if result == PASS and not whole else result
-
-
-def _checked_verdicts(run_dir: Path, damage: list[Damage] | None) -> tuple[list[dict], bool]:
-    from ..analyze.results import Verdict
-
-    found: list[Damage] = []
-    data = load_json(run_dir / "verdicts.json", found, missing="the run's verdicts were not stored")
-    items = data.get("verdicts") if data is not None else None
-    if data is not None and not isinstance(items, list):
-        found.append(Damage("verdicts.json", f"its 'verdicts' is {type_name(items)}, not a list of verdicts"))
-    problems: list[str] = []
-    verdicts = [v.to_json() for v in (Verdict.read(item, i, problems) for i, item in enumerate(items or [])) if v is not None]
-    found += [Damage("verdicts.json", p) for p in dict.fromkeys(problems)]
-    if damage is not None:
-        damage.extend(d for d in found if d not in damage)
-    return verdicts, isinstance(items, list) and len(verdicts) == len(items)
 
 
 # --- metrics -----------------------------------------------------------------------------
