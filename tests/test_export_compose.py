@@ -21,7 +21,7 @@ import yaml
 from labctl import api
 from labctl.agent import protocol
 from labctl.engine.docker import hostfw
-from labctl.engine.docker.labels import bridge_name, container_name, network_name
+from labctl.engine.docker.labels import bridge_name, container_name, network_name, of_lab
 from labctl.export import compose
 from labctl.loader import load_lab
 from labctl.plan import plan_lab
@@ -238,7 +238,7 @@ def _remove_host_rule() -> None:
 def _left(engine, lab: str, project: str) -> list[str]:
     """Every container, network and volume of the lab or of its Compose project that is still there."""
     left = []
-    for label in (f"org.labctl.lab={lab}", f"com.docker.compose.project={project}"):
+    for label in (of_lab(lab), f"com.docker.compose.project={project}"):  # the default instance: others may be up
         filters = {"label": label}
         left += [f"container {c.name}" for c in engine.client.containers.list(all=True, filters=filters)]
         left += [f"network {n.name}" for n in engine.client.networks.list(filters=filters)]
@@ -249,7 +249,7 @@ def _left(engine, lab: str, project: str) -> list[str]:
 def _wait_healthy(engine, lab: str, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        containers = engine.client.containers.list(filters={"label": f"org.labctl.lab={lab}"})
+        containers = engine.client.containers.list(filters={"label": of_lab(lab)})  # its default instance only
         health = {c.name: (c.attrs.get("State", {}).get("Health") or {}).get("Status") for c in containers}
         if len(health) == count and all(h == "healthy" for h in health.values()):
             return
@@ -291,11 +291,11 @@ def test_the_teardown_lab_runs_under_docker_compose_as_under_labctl(engine, node
         [lab] = json.loads(status.stdout)
         assert {n["name"]: n["status"] for n in lab["nodes"]} == {"client": "running", "router": "running", "server": "running"}
 
-        before = {c.name: c.id for c in engine.client.containers.list(filters={"label": "org.labctl.lab=teardown"})}
+        before = {c.name: c.id for c in engine.client.containers.list(filters={"label": of_lab("teardown")})}
         ran = run_cli("run", "teardown", "-s", "normal-close", "--results", str(tmp_path / "results"), "--json", timeout=300)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
         assert [r["passed"] for r in json.loads(ran.stdout)] == [True]
-        after = {c.name: c.id for c in engine.client.containers.list(filters={"label": "org.labctl.lab=teardown"})}
+        after = {c.name: c.id for c in engine.client.containers.list(filters={"label": of_lab("teardown")})}
         assert after == before  # used as it was: nothing torn down and recreated
     finally:
         down = _compose(project, "down", "-v")  # as the README and compose.yaml say: -v takes the lab's record too
