@@ -403,3 +403,13 @@ def test_a_kill_that_found_no_socket_in_that_state_ends_nothing(tmp_path):
              result={"returned": 1, "killed": [f"0 0 10.250.1.1:{run.client_port} 10.250.2.10:{run.server_port}"]})
     directory = written(run, tmp_path)  # the client is ESTABLISHED: a time-wait kill cannot have been this socket
     assert seen(directory, "client")[-1][0] == "ESTABLISHED"
+
+
+@pytest.mark.parametrize("buckets, last", [("0", "CLOSED"), ("131072", "TIME_WAIT")])
+def test_without_timewait_buckets_the_fin_closes_the_socket_instead_of_time_wait(tmp_path, buckets, last):
+    # fin-to-closed[method=no_tw_buckets]: the sysctl step sets tcp_max_tw_buckets=0 on the client first.
+    run = synthetic.Run(f"buckets-{buckets}")
+    run.step(1, "sysctl", "client", {"net.ipv4.tcp_max_tw_buckets": buckets}, result={"previous": {}})
+    t, _, _ = close_to(run, "TIME_WAIT", connect(run))
+    directory = written(run, tmp_path)
+    assert [state for state, _ in seen(directory, "client")][-3:] == ["FIN_WAIT1", "FIN_WAIT2", last]

@@ -20,6 +20,8 @@ diagram of RFC 9293 3.3.2, to the packet's timestamp. Linux's differences, kept 
   (an orphaned FIN_WAIT2 that outlived tcp_fin_timeout). The capture cannot say when.
 - A segment is processed when it is in order: a FIN behind a lost segment takes effect
   when the gap is filled (its retransmission arrives).
+- With net.ipv4.tcp_max_tw_buckets=0 a socket that would enter TIME_WAIT is destroyed
+  instead (tcp_time_wait finds no bucket), after ACKing the FIN: CLOSED, not TIME_WAIT.
 - A socket a kill_socket step destroyed (ss -K: INET_DIAG_DESTROY, which reaches timewait
   sockets too) is CLOSED from that step's start: no segment marks it, the step's reply
   names the socket (and, with a state filter, its state), so it was alive, in that state,
@@ -80,6 +82,7 @@ class EndpointMachine:
     last_received: Segment | None = None
     acked: int | None = None  # the highest ACK received (SND.UNA)
     rfc1337: Callable[[float], bool] = lambda t: False  # net.ipv4.tcp_rfc1337 on this node at time t
+    no_tw_buckets: Callable[[float], bool] = lambda t: False  # net.ipv4.tcp_max_tw_buckets=0 there at time t
 
     @property
     def state(self) -> str | None:
@@ -168,7 +171,8 @@ def replay(segments: list[Segment], nodes: dict, capturing: set[str], dropped: s
         ordered.setdefault(key, []).append((s, sent))
     for key, items in ordered.items():
         machine = EndpointMachine(*key, first=items[0][0].t, last=items[-1][0].t,
-                                  rfc1337=lambda t, node=key[0]: sysctls.enabled(node, "net.ipv4.tcp_rfc1337", t))
+                                  rfc1337=lambda t, node=key[0]: sysctls.enabled(node, "net.ipv4.tcp_rfc1337", t),
+                                  no_tw_buckets=lambda t, node=key[0]: sysctls.value(node, "net.ipv4.tcp_max_tw_buckets", t) == "0")
         destroyed = sorted((k for k in killed if (k.node, k.local, k.remote) == key[:3]), key=lambda k: k.t)
         for i, (segment, sent) in enumerate(items):
             while destroyed and destroyed[0].t <= segment.t:
@@ -310,6 +314,8 @@ def _in_order(m: EndpointMachine, s: Segment, now: Segment, later: list[tuple[Se
         m.enter("CLOSE_WAIT", now, "received FIN")
     elif state == "FIN_WAIT1":
         m.enter("CLOSING", now, "received FIN before the ACK of ours")
+    elif state == "FIN_WAIT2" and m.no_tw_buckets(now.t):
+        m.enter("CLOSED", now, "received FIN; no TIME_WAIT: tcp_max_tw_buckets=0 (tcp_time_wait found no bucket)")
     elif state == "FIN_WAIT2":
         m.enter("TIME_WAIT", now, "received FIN")
 
