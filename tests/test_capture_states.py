@@ -413,3 +413,28 @@ def test_without_timewait_buckets_the_fin_closes_the_socket_instead_of_time_wait
     t, _, _ = close_to(run, "TIME_WAIT", connect(run))
     directory = written(run, tmp_path)
     assert [state for state, _ in seen(directory, "client")][-3:] == ["FIN_WAIT1", "FIN_WAIT2", last]
+
+
+def test_a_timewait_socket_seen_gone_after_the_reconnect_ends_before_the_new_connection(tmp_path):
+    """old-duplicate: TIME_WAIT destroyed (ss -K), the same 4-tuple connected again at once; the sampler
+    sees the old timewait socket gone only in a sample after the new SYN. That end belongs before the
+    new connection, not in the middle of it (it cut connection 2 in two, and its ESTABLISHED was
+    reported as a capture-vs-tracepoint disagreement)."""
+    run = synthetic.Run("reconnect")
+    run.state(10, "client", "CLOSE", "SYN_SENT")
+    run.state(10.5, "client", "SYN_SENT", "ESTABLISHED")
+    run.state(12, "client", "ESTABLISHED", "FIN_WAIT1")
+    run.state(12.5, "client", "FIN_WAIT1", "FIN_WAIT2")
+    run.state(13, "client", "FIN_WAIT2", "CLOSE")          # the handoff to the timewait socket
+    run.sample(14, "client", "TIME_WAIT", timewait=True, expires_ms=59999)
+    run.state(20, "client", "CLOSE", "SYN_SENT")            # connection 2, same 4-tuple
+    run.sample(20.4, "client", "CLOSED", event="gone", timewait=True)   # the old one, seen gone only now
+    run.state(20.5, "client", "SYN_SENT", "ESTABLISHED")
+    run.sample(21, "client", "SYN_SENT")
+    for record in run.states[-1:]:
+        record["cookie"] = 8  # the new connection's socket
+    directory = written(run, tmp_path)
+    timelines = [tl for tl in RunView(directory).timelines if tl.node == "client"]
+    assert [tl.states for tl in timelines] == [["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSED"],
+                                               ["SYN_SENT", "ESTABLISHED"]]
+    assert timelines[0].transitions[-1].before and timelines[0].transitions[-1].t < T0 + 0.020

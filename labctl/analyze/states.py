@@ -233,7 +233,16 @@ def _merge(key: tuple, traced: list[dict], sampled: list[dict]) -> list[SocketTi
             gone = next((r for r in sampled if r["t"] > sample["t"] and r.get("event") == "gone"
                          and r.get("cookie") == sample.get("cookie")), None)
             if gone is not None and not any(t.state == "CLOSED" and t.source == "sample" and t.t == gone["t"] for t in transitions):
-                transitions.append(Transition(gone["t"], "CLOSED", "sample"))
+                # A new connection that opened the 4-tuple before the sample saw the timewait socket gone
+                # proves it gone by then (e.g. destroyed by ss -K just before the reconnect): its end goes
+                # before the new socket's first state, not in the middle of the new socket's life.
+                began = transitions[entry].t if entry is not None else sample["t"]
+                reopened = min((t.t for t in transitions if t.state in ("SYN_SENT", "SYN_RECV") and began < t.t < gone["t"]),
+                               default=None)
+                if reopened is None:
+                    transitions.append(Transition(gone["t"], "CLOSED", "sample"))
+                else:
+                    transitions.append(Transition(reopened - 1e-6, "CLOSED", "sample", at={"sample": gone["t"]}, before=True))
         transitions.sort(key=lambda t: t.t)
         _orphans_kept(transitions, sampled)
     else:
