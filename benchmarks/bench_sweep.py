@@ -7,8 +7,8 @@ Each sweep is `labctl sweep` in a subprocess, on a copy of the lossy-transfer la
 (named benchsweep; taken down at the end): loss 0..15:5% (4 points), delay 2 ms,
 a 20 kB transfer, RUNS/4 repetitions, into a fresh sweep directory. Peak RSS is
 the labctl process's own (``os.wait4``'s ru_maxrss), which includes the summary
-and chart. Where labctl cannot run lab instances yet, every --parallel runs one at
-a time and says so; the figures show it. Figures only; nothing is asserted.
+and chart. With --parallel N > 1 the sweep's workers run on lab instances of their
+own (sw1 ... swN). Figures only; nothing is asserted.
 Needs the engine (hold the engine lock on a shared machine).
 """
 
@@ -75,7 +75,8 @@ def main() -> int:
         for parallel in levels:
             results.append(one_sweep(lab, work / f"sweep-p{parallel}", repeat, parallel))
     finally:
-        subprocess.run([sys.executable, "-m", "labctl", "down", str(lab)], capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        subprocess.run([sys.executable, "-m", "labctl", "down", str(lab), "--all-instances"], capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
         if args.keep:
             Path(args.keep).mkdir(parents=True, exist_ok=True)
             for directory in work.glob("sweep-p*"):
@@ -91,7 +92,7 @@ def main() -> int:
     for r in results:
         table.add_row(str(r["parallel"]), str(r["workers"]), str(r["runs"]), str(r["passed"]), f"{r['wall_s']:.1f}",
                       f"{r['runs_per_min']:.1f}" if r["runs_per_min"] is not None else "", f"{r['peak_rss_mb']:.1f}",
-                      "serial: no lab instances yet" if r["note"] else r["error"][:70])
+                      r["note"][:70] or r["error"][:70])
     Console().print(table)
     return 0
 
