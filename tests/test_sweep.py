@@ -213,11 +213,14 @@ def test_parallel_workers_each_own_an_instance(tmp_path):
 
 def test_parallel_tasks_really_run_at_once(tmp_path):
     """Two workers: the first two tasks meet at a barrier, which one worker alone never passes."""
-    meet = threading.Barrier(2, timeout=10)
-    runs = FakeRuns()
+    meet = threading.Barrier(2, timeout=30)
+    runs, arrived, lock = FakeRuns(), [], threading.Lock()
 
     def execute(task, run_dir, **kwargs):
-        if len(runs.calls) < 2:
+        with lock:
+            arrived.append(task.id)
+            first_two = len(arrived) <= 2
+        if first_two:
             meet.wait()
         return runs(task, run_dir, **kwargs)
 
