@@ -186,6 +186,15 @@ def up(lab: str = LAB_ARG, param: List[str] = PARAM_OPT,
     changed = "up" if result.report.created or result.report.removed else "already up, nothing changed"
     out.print(f"[bold]{escape(describe_instance(result.plan.lab, result.plan.instance))}[/bold]: {changed} in {result.seconds:.1f} s "
               f"(image {result.image.tag}, base {result.image.base_kind})")
+    if len(result.plan.nodes) > STATUS_TABLE_NODES:
+        # The up itself checked every node configured; asking each again for a table of a hundred
+        # rows would take longer than the up (one call per node). `labctl status` has the table.
+        routers = sum(1 for node in result.plan.nodes if node.role == "router")
+        links = len(result.plan.links)
+        out.print(f"{len(result.plan.nodes)} nodes ({routers} router{'' if routers == 1 else 's'}), {links} link{'' if links == 1 else 's'}, "
+                  f"every node configured; labctl status {escape(result.plan.lab)}{escape(instance_flag(result.plan.instance))} shows each",
+                  highlight=False, soft_wrap=True)
+        return
     _print_status(api.status(result.plan.lab, instance=result.plan.instance))
 
 
@@ -374,7 +383,9 @@ def down(lab: Optional[str] = typer.Argument(None, help="The lab to remove (name
     with progress_shown() as progress:
         removed = api.down(None if all_labs else lab, params=api.parse_params(param), wait=not no_wait, progress=progress,
                            instance=api.ALL_INSTANCES if all_instances else instance)
-    out.print(f"removed {len(removed)} object(s)" + (": " + ", ".join(removed) if removed else ""))
+    # Names for a small lab; for a big one, the first few and how many more.
+    shown = ", ".join(removed[:STATUS_TABLE_NODES]) + (f" and {len(removed) - STATUS_TABLE_NODES} more" if len(removed) > STATUS_TABLE_NODES else "")
+    out.print(f"removed {len(removed)} object(s)" + (": " + shown if removed else ""), highlight=False, soft_wrap=True)
     if lab is not None and not all_instances:
         others = [i for i in api.instances(lab, params=api.parse_params(param))]
         if others:
@@ -398,6 +409,9 @@ def status(lab: Optional[str] = typer.Argument(None, help="A lab; all labs that 
         out.print("no labs are up")
     for state in states:
         _print_status([state])
+
+
+STATUS_TABLE_NODES = 20  # up prints the full status of labs up to this size, a summary above it
 
 
 def _print_status(states: list) -> None:

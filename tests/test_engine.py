@@ -228,3 +228,21 @@ def test_doctor_probes_inside_a_node(engine, node_image):
 def test_status_of_a_lab_that_is_not_up_is_a_user_error(engine):
     result = labctl("status", "no-such-lab-up")
     assert result.returncode == 2 and "not up" in result.stderr
+
+
+def test_a_big_lab_gets_a_summary_not_a_table_of_every_node(make_lab, node_image):
+    """Above 20 nodes `up` says what it made in one line (the up checked every node; asking each
+    again for a table would take longer than the up) and `down` names a few objects, not all."""
+    hosts = [f"h{i}" for i in range(1, 23)]
+    body = "nodes:\n  r1: {role: router}\n" + "".join(f"  {h}: {{}}\n" for h in hosts) + \
+        f"links:\n  - {{name: lan, endpoints: [r1, {', '.join(hosts)}]}}\n"
+    path = make_lab(body)
+    up = labctl("up", str(path))
+    assert up.returncode == 0, up.stderr
+    assert f"23 nodes (1 router), 1 link, every node configured; labctl status {path.name} shows each" in up.stdout
+    assert "nodes\n" not in up.stdout  # no per-node table
+    status = labctl("status", str(path.name))
+    assert status.returncode == 0 and "h22" in status.stdout  # the table is still there on asking
+    down = labctl("down", str(path))
+    assert down.returncode == 0, down.stderr
+    assert "removed 24 object(s): " in down.stdout and " and 4 more" in down.stdout
