@@ -238,8 +238,8 @@ def run(lab: str = LAB_ARG,
         out.print(f"[bold]{passed} of {len(outcomes)} run(s) passed[/bold]"
                   + (f", [yellow]{undecided} undecided[/yellow] (evidence this machine could not collect)" if undecided else ""))
     if interrupted is not None:
-        err.print(f"interrupted (Ctrl-C) during {interrupted.result.scenario}: it is kept as incomplete in "
-                  f"{interrupted.result.path}; the scenarios after it did not run")
+        err.print(f"interrupted (Ctrl-C) during {escape(interrupted.result.scenario)}: it is kept as incomplete in "
+                  f"{escape(str(interrupted.result.path))}; the scenarios after it did not run")
         raise typer.Exit(130)
     raise typer.Exit(1 if 1 in statuses else 3 if 3 in statuses else 0)
 
@@ -250,7 +250,7 @@ VERDICT_WORDS = {"pass": "[green]ok[/green]", "fail": "[red]FAIL[/red]", "undeci
 
 def _print_verdicts(outcome, code: int) -> None:
     heading = {0: "[green]passed[/green]", 1: "[red]FAILED[/red]", 3: "[yellow]UNDECIDED[/yellow]"}[code]
-    table = Table(title=f"{outcome.scenario}: {heading} ({outcome.status})  {outcome.path}", title_justify="left")
+    table = Table(title=f"{escape(outcome.scenario)}: {heading} ({outcome.status})  {escape(str(outcome.path))}", title_justify="left")
     table.add_column("")
     table.add_column("expectation")
     table.add_column("observed")

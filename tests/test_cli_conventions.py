@@ -175,3 +175,23 @@ def test_progress_lines_are_plain_text_not_markup(monkeypatch):
         progress("[bold]not bold[/bold]")
     assert "running fin-to-closed[method=kill]" in buffer.getvalue()
     assert "[bold]not bold[/bold]" in buffer.getvalue()
+
+
+def test_a_verdict_table_names_the_matrix_point(monkeypatch):
+    """The table's title is "old-duplicate[timestamps=0]: passed ... PATH": brackets are text, not markup
+    (they had taken the matrix point, and once the path after it, out of the title)."""
+    import io
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from labctl import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buffer, force_terminal=False, width=300))
+    outcome = SimpleNamespace(scenario="old-duplicate[timestamps=0]", status="complete", verdicts=[],
+                              path=Path("results/teardown/20261201-old-duplicate-timestamps=0-f8e3"))
+    cli._print_verdicts(outcome, 0)
+    shown = "".join(buffer.getvalue().split())  # an empty table is narrow: its title wraps
+    assert "old-duplicate[timestamps=0]:passed(complete)results/teardown/20261201-old-duplicate-timestamps=0-f8e3" in shown
