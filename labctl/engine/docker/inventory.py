@@ -62,7 +62,9 @@ class Inventory:
         for bridge in self.bridges(None):
             if (exclude_lab and bridge.key == exclude_lab) or not bridge.meta.get("subnet"):
                 continue
-            used[IPv4Network(bridge.meta["subnet"], strict=False)] = bridge.name
+            # The bridge's name alone says nothing to the user: say whose link it is.
+            used[IPv4Network(bridge.meta["subnet"], strict=False)] = (
+                f"{bridge.name} (lab {bridge.key}, link {bridge.meta.get('link', '?')})")
         return used
 
     def labs(self) -> list[str]:
