@@ -156,6 +156,20 @@ def bootstrap_base(client: docker.DockerClient, tag: str, progress: Progress) ->
         raise EngineError(f"importing {tag} did not produce an image")
 
 
+def _build(client: docker.DockerClient, files: dict[str, bytes], tag: str, progress: Progress, failed: str, **options) -> None:
+    """One build from an in-memory context: Docker's "Step" lines as progress, its errors as ``failed: why``."""
+    try:
+        for chunk in client.api.build(fileobj=tar_of(files), custom_context=True, tag=tag, rm=True, forcerm=True,
+                                      decode=True, **options):
+            if "error" in chunk:
+                raise EngineError(f"{failed}: {chunk['error'].strip()}")
+            if line := chunk.get("stream", "").strip():
+                if line.startswith("Step "):
+                    progress(line)
+    except docker.errors.APIError as exc:
+        raise EngineError(f"{failed}: {_short(exc)}") from None
+
+
 def ensure_node_image(client: docker.DockerClient, *, offline: bool = False, rebuild: bool = False,
                       progress: Progress = _quiet) -> ImageInfo:
     files = context_files()
@@ -166,17 +180,8 @@ def ensure_node_image(client: docker.DockerClient, *, offline: bool = False, reb
         return ImageInfo(tag, labels.get("org.labctl.base", "?"), labels.get("org.labctl.base-kind", "?"), built=False)
     base, kind = choose_base(client, offline, progress)
     progress(f"building {tag} on {base} ({kind})")
-    try:
-        for chunk in client.api.build(fileobj=tar_of(files), custom_context=True, tag=tag, rm=True, forcerm=True,
-                                      buildargs={"BASE": base}, decode=True,
-                                      labels={"org.labctl.owner": "labctl", "org.labctl.base": base, "org.labctl.base-kind": kind}):
-            if "error" in chunk:
-                raise EngineError(f"image build failed: {chunk['error'].strip()}")
-            if line := chunk.get("stream", "").strip():
-                if line.startswith("Step "):
-                    progress(line)
-    except docker.errors.APIError as exc:
-        raise EngineError(f"image build failed: {_short(exc)}") from None
+    _build(client, files, tag, progress, "image build failed", buildargs={"BASE": base},
+           labels={"org.labctl.owner": "labctl", "org.labctl.base": base, "org.labctl.base-kind": kind})
     return ImageInfo(tag, base, kind, built=True)
 
 
@@ -260,18 +265,8 @@ def ensure_variant(client: docker.DockerClient, base: str, packages: list[str], 
         for deb in debs:
             files[f"debs/{deb.name}"] = deb.read_bytes()
         files.setdefault("debs/.keep", b"")
-        try:
-            for chunk in client.api.build(fileobj=tar_of(files), custom_context=True, tag=tag, rm=True, forcerm=True,
-                                          network_mode="none", decode=True,
-                                          labels={"org.labctl.owner": "labctl", "org.labctl.base": base,
-                                                  "org.labctl.packages": " ".join(wanted)}):
-                if "error" in chunk:
-                    raise EngineError(f"building the lab image with {', '.join(wanted)} failed: {chunk['error'].strip()}")
-                if line := chunk.get("stream", "").strip():
-                    if line.startswith("Step "):
-                        progress(line)
-        except docker.errors.APIError as exc:
-            raise EngineError(f"building the lab image failed: {_short(exc)}") from None
+        _build(client, files, tag, progress, f"building the lab image with {', '.join(wanted)} failed", network_mode="none",
+               labels={"org.labctl.owner": "labctl", "org.labctl.base": base, "org.labctl.packages": " ".join(wanted)})
     return tag
 
 
