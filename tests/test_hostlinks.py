@@ -34,3 +34,10 @@ def test_host_link_names_fit_linux_and_are_one_per_node_and_link():
     assert all(len(n) <= 15 and n.startswith(VETH_PREFIX) for n in names)
     assert veth_name("a", "n1", "l1") == veth_name("a", "n1", "l1")
     assert len(bridge_name(network_name("b" * 31, "l" * 15))) <= 15 and bridge_name(network_name("a", "l")).startswith(BRIDGE_PREFIX)
+
+
+def test_an_interface_mac_is_made_from_its_address_as_docker_makes_it():
+    from labctl.engine.docker.hostlinks import mac_for
+
+    assert mac_for("10.250.254.2") == "02:42:0a:fa:fe:02"
+    assert mac_for("172.17.0.2/16") == "02:42:ac:11:00:02"

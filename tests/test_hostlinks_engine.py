@@ -111,6 +111,25 @@ def test_replacing_a_node_keeps_its_neighbours_interfaces(engine, node_image, ma
     assert run(engine, lab, "server", "sysctl", "-n", "net.ipv4.tcp_timestamps").stdout.strip() == "0"
 
 
+def test_a_node_that_dies_and_is_brought_back_is_reached_at_once_by_neighbours_that_knew_it(engine, node_image, make_lab):
+    # The router learns the server's MAC; the server dies and `up` makes it again, with new veths.
+    # Had they new MACs, the router's REACHABLE entry would send the next frames nowhere for up to 45 s.
+    path = make_lab(SEGMENT)
+    lab = path.name
+    api.up(path, engine=engine)
+    assert run(engine, lab, "router", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
+    neighbours = json.loads(run(engine, lab, "router", "ip", "-j", "neigh", "show", "dev", "right").stdout)
+    engine.client.containers.get(f"labctl-{lab}-server").kill()
+    again = api.up(path, engine=engine)
+    assert again.report.created == [f"labctl-{lab}-server"]
+    mac = run(engine, lab, "server", "cat", "/sys/class/net/right/address").stdout.strip()
+    assert mac in {n.get("lladdr") for n in neighbours}, (mac, neighbours)
+    after = json.loads(run(engine, lab, "router", "ip", "-j", "neigh", "show", "dev", "right").stdout)
+    assert {n["dst"]: n.get("lladdr") for n in after} == {n["dst"]: n.get("lladdr") for n in neighbours}
+    assert run(engine, lab, "router", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
+    assert run(engine, lab, "client", "ping", "-c", "1", "-W", "2", "server").exit_code == 0
+
+
 def test_a_lab_on_docker_networks_is_reconciled_on_them_and_comes_back_wired_from_the_host(engine, node_image, make_lab,
                                                                                           monkeypatch):
     from labctl.engine.docker import DockerEngine

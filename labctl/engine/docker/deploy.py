@@ -380,7 +380,7 @@ def _create_node(engine: "DockerEngine", plan: LabPlan, node: NodePlan, image: s
         host_end = veth_name(plan.key, node.name, iface.link)
         remember("veth", host_end)
         engine.hostlinks.plug(pid, iface.name, host_end, bridge_name(network_name(plan.key, iface.link)),
-                              _host_meta(plan, token, node=node.name, link=iface.link))
+                              _host_meta(plan, token, node=node.name, link=iface.link), str(iface.address.ip))
     if cancel.is_set():
         raise _Cancelled
     if host and not node.image:

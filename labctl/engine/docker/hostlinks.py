@@ -161,10 +161,11 @@ class HostLinks:
             _no_ipv6(name)
             ipr.link("set", index=index, state="up")
 
-    def plug(self, pid: int, inside: str, host_end: str, bridge: str, meta: Mapping[str, str]) -> None:
+    def plug(self, pid: int, inside: str, host_end: str, bridge: str, meta: Mapping[str, str], address: str) -> None:
         """A veth pair: ``inside`` moved into the network namespace of process ``pid`` under its link's
-        name (down, no address yet), its segmentation offloads already off; ``host_end`` a port of
-        ``bridge``, up, with no address of its own."""
+        name (down, no IPv4 address yet, its MAC address made from ``address``, see ``mac_for``), its
+        segmentation offloads already off; ``host_end`` a port of ``bridge``, up, with no address of
+        its own."""
         text = alias(meta)
         staged = NODE_END_PREFIX + host_end[len(VETH_PREFIX):]  # the node's end, while it is still on the host
         with self._lock:
@@ -179,7 +180,7 @@ class HostLinks:
                     raise EngineError(f"an interface named {host_end} that is not labctl's is in the way on the host")
                 ipr.link("del", index=stale["index"])
             try:
-                ipr.link("add", ifname=host_end, kind="veth", mtu=MTU, peer={"ifname": staged, "mtu": MTU})
+                ipr.link("add", ifname=host_end, kind="veth", mtu=MTU, peer={"ifname": staged, "mtu": MTU, "address": mac_for(address)})
             except Exception as exc:
                 raise EngineError(f"cannot make interface {inside} (host end {host_end}): {_why(exc)}") from None
             index = ipr.link_lookup(ifname=host_end)[0]
@@ -233,6 +234,18 @@ class HostLinks:
                     if getattr(exc, "code", None) != errno.ENODEV:  # a veth whose peer's namespace just took it
                         raise EngineError(f"cannot remove host link {name}: {_why(exc)}") from None
         return removed
+
+
+def mac_for(address: str) -> str:
+    """The MAC address of the interface that holds IPv4 ``address``: 02:42 and the address's four bytes,
+    as Docker gives its containers. Not random, because a node that ``up`` replaces (it died, or its
+    spec changed) comes back with its addresses but new veths, and its neighbours keep its old MAC in
+    their ARP caches, REACHABLE for up to 45 s: frames sent there are flooded to the new node, which
+    drops them as not its own, and no connection to it opens until the entry ages out. Made from the
+    address, the new interface has the MAC the neighbours already hold; the same lab wired from the
+    host or by Docker networks also shows the same MACs in its captures."""
+    octets = [int(part) for part in address.split("/")[0].split(".")]
+    return "02:42:" + ":".join(f"{octet:02x}" for octet in octets)
 
 
 def health(pid: int) -> HealthReply:
