@@ -338,8 +338,8 @@ def _judge_states(view: RunView, spec: dict) -> Verdict:
     if spec.get("never"):
         checks.append("never " + "/".join(spec["never"]))
     if spec.get("held"):
-        bounds = [f">= {spec['min']}s" if spec.get("min") is not None else "", f"<= {spec['max']}s" if spec.get("max") is not None else ""]
-        checks.append(f"holding {spec['held']} " + " ".join(b for b in bounds if b))
+        bounds = [f">= {spec['min']:g}s" if spec.get("min") is not None else "", f"<= {spec['max']:g}s" if spec.get("max") is not None else ""]
+        checks.append(" ".join([f"holding {spec['held']}", *(b for b in bounds if b)]))
     if spec.get("timer_min") is not None or spec.get("timer_max") is not None:
         checks.append(f"TIME_WAIT timer in [{spec.get('timer_min', 0)}, {spec.get('timer_max', 'inf')}] s")
     which = f"a socket on {spec['node']}" + (f" port {spec['local_port']}" if spec.get("local_port") else "") + \
@@ -397,10 +397,10 @@ def _judge_step(view: RunView, spec: dict) -> Verdict:
     if took is None and record.get("t_end") and record.get("t_start"):
         took = record["t_end"] - record["t_start"]
     if spec.get("min_seconds") is not None:
-        checks.append(f"takes >= {spec['min_seconds']} s")
+        checks.append(f"takes >= {spec['min_seconds']:g} s")
         passed &= took is not None and took >= spec["min_seconds"]
     if spec.get("max_seconds") is not None:
-        checks.append(f"takes <= {spec['max_seconds']} s")
+        checks.append(f"takes <= {spec['max_seconds']:g} s")
         passed &= took is not None and took <= spec["max_seconds"]
     observed = "ok" if record.get("ok") else _call_error(record)
     if result.get("returned") is not None:
