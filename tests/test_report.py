@@ -361,3 +361,16 @@ def test_cli_report_errors_are_one_line_and_exit_2(results, tmp_path):
         result = labctl("report", *argv, root=results)
         assert result.returncode == 2, (argv, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr and "error" in result.stderr
+
+
+def test_a_report_names_the_lab_instance_its_run_was_on(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parent / "runs" / "lost-final-ack", run_dir)
+    assert "(instance" not in build(run_dir).title  # the lab itself: no instance to name
+    run = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**run, "instance": "a"}))
+    report = build(run_dir)
+    assert report.title.startswith(f"{run['lab']} (instance a) / ")
+    assert "(instance a)" in markdown.render(report) and "(instance a)" in html.render(report)

@@ -235,7 +235,10 @@ class Report:
 
     @property
     def title(self) -> str:
-        return f"{self.run.get('lab', '?')} / {self.run.get('label') or self.run.get('scenario') or '?'}"
+        # The instance, where it is not the lab itself: two instances' reports must not read alike.
+        instance = self.run.get("instance")
+        lab = f"{self.run.get('lab', '?')}" + (f" (instance {instance})" if instance and instance != "default" else "")
+        return f"{lab} / {self.run.get('label') or self.run.get('scenario') or '?'}"
 
     @property
     def passed(self) -> bool:
