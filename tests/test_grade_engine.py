@@ -59,3 +59,43 @@ def test_grade_the_three_sample_submissions(tmp_path, engine, node_image, parall
     summary = (out / "summary.html").read_text()
     assert "restarts at once (SO_REUSEADDR)" in summary and "1 / 3" in summary
     assert book["summary"][0]["missed"] >= book["summary"][-1]["missed"]
+
+
+MATRIX_SCENARIO = """\
+name: echo
+description: The client sends n bytes; the grade wants two.
+matrix: {n: [1, 2]}
+steps:
+  - {node: server, listen: {port: 7000}, as: l}
+  - {node: client, connect: {to: server, port: 7000}, as: c}
+  - {node: server, accept: l, as: s}
+  - {node: client, send: {sock: c, data: "{{ 'x' * n }}"}}
+  - {node: server, recv: {sock: s, timeout: 2s}, as: got}
+  - {node: client, close: c}
+  - {node: server, close: s}
+expect:
+  - {name: two bytes arrive, points: 1, data: {step: got, equals: "xx"}}
+"""
+
+
+def test_each_matrix_point_is_graded_alone_against_its_own_column(tmp_path, engine, node_image, make_lab):
+    path = make_lab("""
+        nodes: {client: {}, server: {}}
+        links: [{name: wire, endpoints: [client, server]}]
+    """)
+    (path / "scenarios").mkdir()
+    (path / "scenarios" / "echo.yaml").write_text(MATRIX_SCENARIO)
+    (tmp_path / "class" / "anyone").mkdir(parents=True)
+    out = tmp_path / "grades"
+    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(path), "--submissions", str(tmp_path / "class"),
+                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    book = json.loads((out / "gradebook.json").read_text())
+    assert [c["key"] for c in book["columns"]] == ["echo[n=1]/two bytes arrive", "echo[n=2]/two bytes arrive"]
+    [row] = book["submissions"]
+    assert row["outcomes"] == {"echo[n=1]/two bytes arrive": "fail", "echo[n=2]/two bytes arrive": "pass"}, row["reason"]
+    assert row["points"] == 1 and row["max_points"] == 2
+    # One run per point, each of that point alone.
+    runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("run.json")]
+    assert sorted(r["params"]["n"] for r in runs) == [1, 2]
+    assert "echo[n=1]" in row["reason"] and "echo[n=2]" not in row["reason"]

@@ -46,10 +46,11 @@ SCHEMA_VERSION = 1
 class Column:
     """One graded expectation: a scenario's expectation, by its place there."""
 
-    scenario: str
+    scenario: str  # its label: a matrix point's carries the point, ``old-duplicate[timestamps=0]``
     index: int
     name: str
     points: float | None
+    point: tuple[tuple[str, object], ...] = ()  # the matrix values of that label, to run it alone
 
     @property
     def key(self) -> str:
@@ -121,7 +122,7 @@ def columns_of(lab: str | Path, scenarios: Sequence[str], params: Mapping[str, s
     for one in load_scenarios(loaded, scenarios, {**params, "submission": str(sample)}):
         for index, expectation in enumerate(one.scenario.expect):
             name = expectation.name or f"{expectation.kind} #{index + 1}"
-            result.append(Column(one.label, index, name, expectation.points))
+            result.append(Column(one.label, index, name, expectation.points, tuple(one.point.items())))
     return result
 
 
@@ -130,11 +131,14 @@ def instance_names(workers: int) -> list[str]:
     return [f"grade{k}" for k in range(1, workers + 1)]
 
 
-def _run_one(lab: str, scenario: str, submission: Path, params: Mapping[str, str], results: Path,
-             timeout: float, instance: str) -> ScenarioResult:
-    argv = [sys.executable, "-m", "labctl", "run", lab, "-s", scenario, "--results", str(results), "--json",
+def _run_one(lab: str, label: str, point: Mapping[str, object], submission: Path, params: Mapping[str, str],
+             results: Path, timeout: float, instance: str) -> ScenarioResult:
+    """One scenario of one submission, one matrix point of it when ``point`` is set (fixed with -p,
+    so the run is that point alone), as a ``labctl run`` process; its result under ``label``."""
+    fixed = {**params, **{key: value if isinstance(value, str) else json.dumps(value) for key, value in point.items()}}
+    argv = [sys.executable, "-m", "labctl", "run", lab, "-s", label.split("[")[0], "--results", str(results), "--json",
             "--instance", instance, "-p", f"submission={submission}"]
-    for key, value in params.items():
+    for key, value in fixed.items():
         argv += ["-p", f"{key}={value}"]
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -149,7 +153,7 @@ def _run_one(lab: str, scenario: str, submission: Path, params: Mapping[str, str
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
-        return ScenarioResult(scenario, _latest_run(results), "timeout", [], f"the run took more than {timeout:.0f} s and was stopped",
+        return ScenarioResult(label, _latest_run(results), "timeout", [], f"the run took more than {timeout:.0f} s and was stopped",
                               time.monotonic() - started)
     seconds = time.monotonic() - started
     if proc.returncode in (0, 1, 3) and stdout.strip():
@@ -158,9 +162,9 @@ def _run_one(lab: str, scenario: str, submission: Path, params: Mapping[str, str
         except ValueError:
             outcome = None
         if outcome is not None:
-            return ScenarioResult(scenario, outcome["run_dir"], outcome["status"], outcome["verdicts"], None, seconds)
+            return ScenarioResult(label, outcome["run_dir"], outcome["status"], outcome["verdicts"], None, seconds)
     message = " ".join((stderr or stdout).strip().replace("error: ", "", 1).split())[-600:]
-    return ScenarioResult(scenario, _latest_run(results), "error", [], message or f"labctl run exited with status {proc.returncode}", seconds)
+    return ScenarioResult(label, _latest_run(results), "error", [], message or f"labctl run exited with status {proc.returncode}", seconds)
 
 
 def _latest_run(results: Path) -> str | None:
@@ -191,7 +195,7 @@ def _reason(result: ScenarioResult, columns: list[Column]) -> str | None:
     damaged = f"its run directory {result.run_dir} is damaged: {'; '.join(result.damage)}" if result.damage else ""
     if result.reason:
         return "; ".join(filter(None, (result.reason, damaged)))
-    graded = {c.index for c in columns if c.scenario.split("[")[0] == result.scenario}
+    graded = {c.index for c in columns if c.scenario == result.scenario}
     missed = [v for v in result.verdicts if v.get("index") in graded and v.get("kind") not in ("step-ran", "run-complete")
               and v.get("outcome") != "pass"]
     incomplete = [v for v in result.verdicts if v.get("kind") == "run-complete" and v.get("outcome") != "pass"]
@@ -228,17 +232,17 @@ def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], colum
     started = time.monotonic()
     grade = SubmissionGrade(submission.name, str(submission))
     results_dir = out / "runs" / submission.name
-    chosen = list(dict.fromkeys(c.scenario for c in columns)) or list(scenarios)
+    # One run per label: a matrix point is run alone, its verdicts read against its own columns.
+    chosen = dict((c.scenario, dict(c.point)) for c in columns) or {name: {} for name in scenarios}
     try:
-        for scenario in chosen:
-            grade.results.append(_run_one(lab, scenario.split("[")[0], submission.resolve(), params, results_dir / scenario, timeout,
-                                          instance))
+        for label, point in chosen.items():
+            grade.results.append(_run_one(lab, label, point, submission.resolve(), params, results_dir / label, timeout, instance))
     finally:
         engine_down()
     by_scenario = {r.scenario: r for r in grade.results}
     reasons = []
     for column in columns:
-        result = by_scenario.get(column.scenario.split("[")[0])
+        result = by_scenario.get(column.scenario)
         verdict = next((v for v in (result.verdicts if result else []) if v.get("index") == column.index
                         and v.get("kind") not in ("step-ran", "run-complete")), None)
         outcome = verdict["outcome"] if verdict else "not run"
