@@ -458,3 +458,11 @@ def test_run_task_cut_short_is_kept_unfinished(tmp_path, monkeypatch):
     result = sweep.run_task(task, tmp_path / "r")
     assert result.status == "incomplete" and not result.finished  # resuming runs it again
     assert "the engine went away" in json.loads((tmp_path / "r" / "task.json").read_text())["cut_short"]
+
+
+def test_the_terminal_summary_shows_swept_values_as_written_not_as_markup(tmp_path):
+    where = tmp_path / "sw"
+    spec = sweep.make_spec(LAB, "transfer", [sweep.parse_axis("label=[red]a,[bold]b")], repeat=1)
+    sweep.run(spec, where, execute=FakeRuns())
+    text = api.report([where], format="term", width=160)
+    assert "[red]a" in text and "[bold]b" in text

@@ -269,10 +269,11 @@ def term(summary: Summary, *, color: bool = False, width: int | None = None) -> 
     for line in lines:
         console.print(escape(line.replace("`", "")), highlight=False)
     table = Table()
+    # Cells are text: a swept value or a scenario label such as [n=1] is not rich markup.
     for column in head:
-        table.add_column(column)
+        table.add_column(escape(str(column)))
     for row in body:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
     console.print(f"chart: {summary.dir / 'chart.svg'} (and .png); tables: summary.csv, runs.csv, summary.md", highlight=False)
     return console.file.getvalue()  # type: ignore[attr-defined]
