@@ -91,3 +91,14 @@ def test_a_log_that_is_a_directory_does_not_hide_the_programs_error(tmp_path, mo
                                     lambda: None, "grade1")
     assert graded.points == 6 and graded.outcomes["lost-final-ack/expectation 1"] == "fail"
     assert graded.reason.endswith("the program said: OSError: [Errno 98] Address in use")
+
+
+def test_a_run_directory_from_an_earlier_grading_is_not_taken_for_this_runs(tmp_path):
+    (tmp_path / "lab" / "old").mkdir(parents=True)
+    (tmp_path / "lab" / "old" / "run.json").write_text("{}")
+    before = grade._runs_in(tmp_path)
+    assert grade._latest_run(tmp_path, before) is None  # this run made none
+    (tmp_path / "lab" / "new").mkdir()
+    (tmp_path / "lab" / "new" / "run.json").write_text("{}")
+    assert grade._latest_run(tmp_path, before) == str(tmp_path / "lab" / "new")
+    assert grade._latest_run(tmp_path / "absent", set()) is None

@@ -99,3 +99,37 @@ def test_each_matrix_point_is_graded_alone_against_its_own_column(tmp_path, engi
     runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("run.json")]
     assert sorted(r["params"]["n"] for r in runs) == [1, 2]
     assert "echo[n=1]" in row["reason"] and "echo[n=2]" not in row["reason"]
+
+
+HANGS_AFTER_SERVING = """\
+name: hang
+description: The server answers, then the run waits far longer than the grader allows.
+steps:
+  - {node: server, listen: {port: 7001}, as: l}
+  - {node: client, connect: {to: server, port: 7001}, as: c}
+  - {node: server, accept: l, as: s}
+  - {node: client, send: {sock: c, data: "hi"}}
+  - {node: server, recv: {sock: s, timeout: 2s}, as: got}
+  - {sleep: 120s}
+expect:
+  - {name: the request arrives, points: 1, data: {step: got, equals: "hi"}}
+"""
+
+
+def test_a_run_stopped_at_its_time_limit_keeps_the_points_it_had_earned(tmp_path, engine, node_image, make_lab):
+    path = make_lab("""
+        nodes: {client: {}, server: {}}
+        links: [{name: wire, endpoints: [client, server]}]
+    """)
+    (path / "scenarios").mkdir()
+    (path / "scenarios" / "hang.yaml").write_text(HANGS_AFTER_SERVING)
+    (tmp_path / "class" / "slowpoke").mkdir(parents=True)
+    out = tmp_path / "grades"
+    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(path), "--submissions", str(tmp_path / "class"),
+                           "-o", str(out), "--timeout", "15"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads((out / "gradebook.json").read_text())["submissions"]
+    [run] = row["runs"]
+    assert run["status"] == "timeout" and "more than 15 s" in row["reason"]
+    assert row["outcomes"] == {"hang/the request arrives": "pass"} and row["points"] == 1
+    assert run["run_dir"] and Path(run["run_dir"], "run.json").is_file()

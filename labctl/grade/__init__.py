@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from ..analyze.damage import stored_verdicts
 from ..errors import UserError
 from ..rundir import write_json
 
@@ -141,6 +142,7 @@ def _run_one(lab: str, label: str, point: Mapping[str, object], submission: Path
     for key, value in fixed.items():
         argv += ["-p", f"{key}={value}"]
     started = time.monotonic()
+    before = _runs_in(results)  # a run directory left from an earlier grading into the same place is not this run's
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
     try:
@@ -153,7 +155,10 @@ def _run_one(lab: str, label: str, point: Mapping[str, object], submission: Path
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
-        return ScenarioResult(label, _latest_run(results), "timeout", [], f"the run took more than {timeout:.0f} s and was stopped",
+        # What the stopped run saw before it was stopped still counts; what it never saw is undecided there.
+        run_dir = _latest_run(results, before)
+        verdicts = stored_verdicts(Path(run_dir), None)[0] if run_dir else []
+        return ScenarioResult(label, run_dir, "timeout", verdicts, f"the run took more than {timeout:.0f} s and was stopped",
                               time.monotonic() - started)
     seconds = time.monotonic() - started
     if proc.returncode in (0, 1, 3) and stdout.strip():
@@ -164,18 +169,22 @@ def _run_one(lab: str, label: str, point: Mapping[str, object], submission: Path
         if outcome is not None:
             return ScenarioResult(label, outcome["run_dir"], outcome["status"], outcome["verdicts"], None, seconds)
     message = " ".join((stderr or stdout).strip().replace("error: ", "", 1).split())[-600:]
-    return ScenarioResult(label, _latest_run(results), "error", [], message or f"labctl run exited with status {proc.returncode}", seconds)
+    return ScenarioResult(label, _latest_run(results, before), "error", [], message or f"labctl run exited with status {proc.returncode}", seconds)
 
 
-def _latest_run(results: Path) -> str | None:
-    runs = sorted((p for p in results.rglob("run.json")), key=lambda p: p.stat().st_mtime) if results.exists() else []
+def _runs_in(results: Path) -> set[Path]:
+    return set(results.rglob("run.json")) if results.exists() else set()
+
+
+def _latest_run(results: Path, before: set[Path]) -> str | None:
+    """The run directory this run made: the newest of those that were not there ``before`` it."""
+    runs = sorted(_runs_in(results) - before, key=lambda p: p.stat().st_mtime)
     return str(runs[-1].parent) if runs else None
 
 
 def run_damage(run_dir: str | None) -> list[str]:
     """What is wrong in a run directory ("file: problem"), read through the checked readers as
     `labctl report` reads it; nothing when the run left no directory."""
-    from ..analyze.damage import stored_verdicts
     from ..analyze.verdicts import RunView
 
     if not run_dir:
