@@ -61,6 +61,22 @@ def test_grade_the_three_sample_submissions(tmp_path, engine, node_image, parall
     assert book["summary"][0]["missed"] >= book["summary"][-1]["missed"]
 
 
+def grade_one_scenario(make_lab, tmp_path, scenario: str, *options: str) -> dict:
+    """Grade one empty submission on a two-node lab holding only ``scenario``; the gradebook."""
+    path = make_lab("""
+        nodes: {client: {}, server: {}}
+        links: [{name: wire, endpoints: [client, server]}]
+    """)
+    (path / "scenarios").mkdir()
+    (path / "scenarios" / "graded.yaml").write_text(scenario)
+    (tmp_path / "class" / "anyone").mkdir(parents=True)
+    out = tmp_path / "grades"
+    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(path), "--submissions", str(tmp_path / "class"),
+                           "-o", str(out), *options], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "gradebook.json").read_text())
+
+
 MATRIX_SCENARIO = """\
 name: echo
 description: The client sends n bytes; the grade wants two.
@@ -79,24 +95,13 @@ expect:
 
 
 def test_each_matrix_point_is_graded_alone_against_its_own_column(tmp_path, engine, node_image, make_lab):
-    path = make_lab("""
-        nodes: {client: {}, server: {}}
-        links: [{name: wire, endpoints: [client, server]}]
-    """)
-    (path / "scenarios").mkdir()
-    (path / "scenarios" / "echo.yaml").write_text(MATRIX_SCENARIO)
-    (tmp_path / "class" / "anyone").mkdir(parents=True)
-    out = tmp_path / "grades"
-    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(path), "--submissions", str(tmp_path / "class"),
-                           "-o", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    book = json.loads((out / "gradebook.json").read_text())
+    book = grade_one_scenario(make_lab, tmp_path, MATRIX_SCENARIO)
     assert [c["key"] for c in book["columns"]] == ["echo[n=1]/two bytes arrive", "echo[n=2]/two bytes arrive"]
     [row] = book["submissions"]
     assert row["outcomes"] == {"echo[n=1]/two bytes arrive": "fail", "echo[n=2]/two bytes arrive": "pass"}, row["reason"]
     assert row["points"] == 1 and row["max_points"] == 2
     # One run per point, each of that point alone.
-    runs = [json.loads(p.read_text()) for p in (out / "runs").rglob("run.json")]
+    runs = [json.loads(Path(r["run_dir"], "run.json").read_text()) for r in row["runs"]]
     assert sorted(r["params"]["n"] for r in runs) == [1, 2]
     assert "echo[n=1]" in row["reason"] and "echo[n=2]" not in row["reason"]
 
@@ -117,18 +122,7 @@ expect:
 
 
 def test_a_run_stopped_at_its_time_limit_keeps_the_points_it_had_earned(tmp_path, engine, node_image, make_lab):
-    path = make_lab("""
-        nodes: {client: {}, server: {}}
-        links: [{name: wire, endpoints: [client, server]}]
-    """)
-    (path / "scenarios").mkdir()
-    (path / "scenarios" / "hang.yaml").write_text(HANGS_AFTER_SERVING)
-    (tmp_path / "class" / "slowpoke").mkdir(parents=True)
-    out = tmp_path / "grades"
-    proc = subprocess.run([sys.executable, "-m", "labctl", "grade", str(path), "--submissions", str(tmp_path / "class"),
-                           "-o", str(out), "--timeout", "15"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    [row] = json.loads((out / "gradebook.json").read_text())["submissions"]
+    [row] = grade_one_scenario(make_lab, tmp_path, HANGS_AFTER_SERVING, "--timeout", "15")["submissions"]
     [run] = row["runs"]
     assert run["status"] == "timeout" and "more than 15 s" in row["reason"]
     assert row["outcomes"] == {"hang/the request arrives": "pass"} and row["points"] == 1

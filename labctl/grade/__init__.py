@@ -52,6 +52,7 @@ class Column:
     name: str
     points: float | None
     point: tuple[tuple[str, object], ...] = ()  # the matrix values of that label, to run it alone
+    file: str = ""  # the scenario file's name, which `labctl run -s` takes (its `name:` may differ)
 
     @property
     def key(self) -> str:
@@ -123,7 +124,8 @@ def columns_of(lab: str | Path, scenarios: Sequence[str], params: Mapping[str, s
     for one in load_scenarios(loaded, scenarios, {**params, "submission": str(sample)}):
         for index, expectation in enumerate(one.scenario.expect):
             name = expectation.name or f"{expectation.kind} #{index + 1}"
-            result.append(Column(one.label, index, name, expectation.points, tuple(one.point.items())))
+            result.append(Column(one.label, index, name, expectation.points, tuple(one.point.items()),
+                                 one.source.file.stem if one.source.file else one.scenario.name))
     return result
 
 
@@ -132,12 +134,12 @@ def instance_names(workers: int) -> list[str]:
     return [f"grade{k}" for k in range(1, workers + 1)]
 
 
-def _run_one(lab: str, label: str, point: Mapping[str, object], submission: Path, params: Mapping[str, str],
+def _run_one(lab: str, label: str, file: str, point: Mapping[str, object], submission: Path, params: Mapping[str, str],
              results: Path, timeout: float, instance: str) -> ScenarioResult:
-    """One scenario of one submission, one matrix point of it when ``point`` is set (fixed with -p,
-    so the run is that point alone), as a ``labctl run`` process; its result under ``label``."""
+    """Scenario file ``file`` for one submission, one matrix point of it when ``point`` is set (fixed
+    with -p, so the run is that point alone), as a ``labctl run`` process; its result under ``label``."""
     fixed = {**params, **{key: value if isinstance(value, str) else json.dumps(value) for key, value in point.items()}}
-    argv = [sys.executable, "-m", "labctl", "run", lab, "-s", label.split("[")[0], "--results", str(results), "--json",
+    argv = [sys.executable, "-m", "labctl", "run", lab, "-s", file, "--results", str(results), "--json",
             "--instance", instance, "-p", f"submission={submission}"]
     for key, value in fixed.items():
         argv += ["-p", f"{key}={value}"]
@@ -242,10 +244,11 @@ def grade_submission(lab: str, submission: Path, scenarios: Sequence[str], colum
     grade = SubmissionGrade(submission.name, str(submission))
     results_dir = out / "runs" / submission.name
     # One run per label: a matrix point is run alone, its verdicts read against its own columns.
-    chosen = dict((c.scenario, dict(c.point)) for c in columns) or {name: {} for name in scenarios}
+    chosen = {c.scenario: (c.file or c.scenario.split("[")[0], dict(c.point)) for c in columns} or {name: (name, {}) for name in scenarios}
     try:
-        for label, point in chosen.items():
-            grade.results.append(_run_one(lab, label, point, submission.resolve(), params, results_dir / label, timeout, instance))
+        for label, (file, point) in chosen.items():
+            grade.results.append(_run_one(lab, label, file, point, submission.resolve(), params, results_dir / label, timeout,
+                                          instance))
     finally:
         engine_down()
     by_scenario = {r.scenario: r for r in grade.results}
