@@ -30,6 +30,23 @@ MAX_ROUTES = 256     # static routes of one node
 MAX_SYSCTLS = 256    # sysctls of one node
 
 
+def _written(example: str):
+    # YAML reads `true`, `1` or `167772161` as a bool or a number, which ipaddress takes as a 32-bit
+    # integer (`subnet: true` would be 0.0.0.1/32): an address in a lab file is written as text.
+    def check(value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is read as a yes/no value, not an address: write it as text, e.g. {example}")
+        if isinstance(value, (int, float)):
+            raise ValueError(f"{value} is read as a number, not an address: write it as text, e.g. {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+Subnet = Annotated[IPv4Network, _written("10.250.1.0/24")]
+Address = Annotated[IPv4Address, _written("10.250.1.5")]
+
+
 def _none_is_empty(value: object) -> object:
     # `client:` with nothing after it is YAML null; mean the same as `client: {}`.
     return {} if value is None else value
@@ -186,8 +203,8 @@ class Link(_Strict):
 
     name: LinkName
     endpoints: list[NodeName] = Field(min_length=2, max_length=MAX_NODES, description="Nodes attached to this segment.")
-    subnet: IPv4Network | None = Field(None, description="IPv4 subnet; allocated from the pool when absent.")
-    addresses: dict[NodeName, IPv4Address] = Field(default_factory=dict, description="Fixed addresses for some endpoints; the others are numbered from .1 upward.")
+    subnet: Subnet | None = Field(None, description="IPv4 subnet; allocated from the pool when absent.")
+    addresses: dict[NodeName, Address] = Field(default_factory=dict, description="Fixed addresses for some endpoints; the others are numbered from .1 upward.")
     impair: Annotated[list[Impairment], BeforeValidator(_one_or_many, json_schema_input_type=Impairment | list[Impairment])] | None = Field(
         None, description="Impairments applied at `up`: one entry for every direction, or a list with `from:` per direction.")
 
@@ -200,7 +217,7 @@ class Lab(_Strict):
 
     name: LabName
     description: str = ""
-    subnet_pool: IPv4Network | None = Field(None, description="Pool for links without a subnet; default 10.250.0.0/16 (or $LABCTL_SUBNET_POOL).")
+    subnet_pool: Subnet | None = Field(None, description="Pool for links without a subnet; default 10.250.0.0/16 (or $LABCTL_SUBNET_POOL).")
     nodes: dict[NodeName, Annotated[Node, BeforeValidator(_none_is_empty)]] = Field(min_length=1, max_length=MAX_NODES)
     links: list[Link] = Field(min_length=1, max_length=MAX_LINKS)
     files: list[FileCopy] = Field(default_factory=list, max_length=MAX_FILES, description="Files copied into every node at `up`.")
