@@ -236,8 +236,10 @@ class Report:
     @property
     def title(self) -> str:
         # The instance, where it is not the lab itself: two instances' reports must not read alike.
+        from ..instances import DEFAULT_INSTANCE
+
         instance = self.run.get("instance")
-        lab = f"{self.run.get('lab', '?')}" + (f" (instance {instance})" if instance and instance != "default" else "")
+        lab = f"{self.run.get('lab', '?')}" + (f" (instance {instance})" if instance and instance != DEFAULT_INSTANCE else "")
         return f"{lab} / {self.run.get('label') or self.run.get('scenario') or '?'}"
 
     @property
